@@ -1,0 +1,8 @@
+"""kvbench: how many KVs does a long-context model really need? Measured, not assumed."""
+
+from kvbench.engine import Generation, generate
+from kvbench.method import KeepView, Method, ModelShape, Phase
+
+__version__ = "0.1.0"
+
+__all__ = ["Generation", "KeepView", "Method", "ModelShape", "Phase", "generate", "__version__"]

@@ -1,0 +1,97 @@
+"""The attention function registered with transformers as "kvbench".
+
+The model calls it per layer after `KVCache.update` has appended the step's keys to each head group.
+For each group, the step's queries attend over the group's held entries, the step's own entries
+causally (bottom-right aligned: every query sees all held past entries). Then the cache asks the
+method what to keep. GQA runs on the KV heads as stored: no copy per query head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+ATTENTION_NAME = "kvbench"
+ATTENTION_KERNELS = ("sdpa", "flash")
+
+try:  # the `gpu` extra
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_func = None
+
+
+def kvbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query [1, Hq, c, d] (post-RoPE); key/value are the step's own, already appended to the cache."""
+    cache = kwargs.get("kvbench_cache")
+    if cache is None:
+        raise RuntimeError(
+            "the 'kvbench' attention runs only inside kvbench.generate(), which passes its KVCache; "
+            "use another attn_implementation to call the model directly"
+        )
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("kvbench attention does not support logit soft-capping (softcap)")
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    layer = cache.layers[module.layer_idx]
+    sliding_window = kwargs.get("sliding_window")
+    if len(layer.groups) == 1:
+        group = layer.groups[0]
+        output = _attend(query, group, scaling, sliding_window, cache)
+    else:
+        output = torch.empty_like(query)
+        for group in layer.groups:
+            heads = torch.tensor(group.query_heads, device=query.device)
+            output[:, heads] = _attend(query[:, heads], group, scaling, sliding_window, cache)
+    cache.evict(module.layer_idx, query, scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _attend(query, group, scaling, sliding_window, cache):
+    keys, values = group.keys, group.values
+    new, held = query.shape[2], keys.shape[2]
+    window_mask = _sliding_window_mask(group.positions, cache.positions, sliding_window, query.shape[1])
+    if window_mask is None and cache.attn_kernel == "flash" and query.is_cuda and flash_attn_func is not None:
+        # flash-attn's causal mask is bottom-right aligned when keys outnumber queries: what chunks need.
+        out = flash_attn_func(
+            query.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), causal=True, softmax_scale=scaling
+        )
+        return out.transpose(1, 2)
+    gqa = query.shape[1] != keys.shape[1]
+    if window_mask is not None:
+        mask, is_causal = window_mask & _causal_mask(new, held, query.device), False
+    elif new == 1:
+        mask, is_causal = None, False  # a decode step sees every held entry
+    elif new == held:
+        mask, is_causal = None, True  # nothing held before this chunk: plain causal
+    else:
+        mask, is_causal = _causal_mask(new, held, query.device), False
+    return F.scaled_dot_product_attention(
+        query, keys, values, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=gqa
+    )
+
+
+def _causal_mask(new: int, held: int, device) -> torch.Tensor:
+    """[new, held] bool: all earlier held entries, and the step's own entries up to each query."""
+    return torch.ones(new, held, dtype=torch.bool, device=device).tril(diagonal=held - new)
+
+
+def _sliding_window_mask(key_positions, query_positions, window, query_heads):
+    """For models with a sliding window (Mistral): [Hq, new, held] bool, or None when nothing falls outside."""
+    if window is None or int(query_positions[-1] - key_positions.min()) < window:
+        return None
+    allowed = key_positions[:, None, :] > query_positions[None, :, None] - window  # [h, new, held]
+    return allowed.repeat_interleave(query_heads // key_positions.shape[0], dim=0)
+
+
+def _no_mask(*args, **kwargs):
+    """kvbench builds its own masks from what the cache holds; transformers must not build one."""
+    return None
+
+
+def register() -> None:
+    AttentionInterface.register(ATTENTION_NAME, kvbench_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
+
+
+register()

@@ -1,0 +1,197 @@
+"""generate(): chunked prefill, greedy decode and stop strings, driving model + method + KVCache.
+
+One sequence at a time: padding a batch would inflate the cache and the footprint it reports.
+Every forward passes the tokens' true positions, since after eviction the number of entries held
+is no longer the position of the next token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from kvbench import attention
+from kvbench.cache import KVCache
+from kvbench.ledger import FootprintStats
+from kvbench.method import Method, ModelShape, Phase
+
+DEFAULT_CHUNK_SIZE = 32768
+
+
+@dataclass
+class Generation:
+    """The result of one request."""
+
+    token_ids: list[int]  # generated tokens (an end-of-sequence token included, if one ended it)
+    text: str | None  # decoded, cut before the first stop string (None without a tokenizer)
+    stats: FootprintStats
+    prompt_tokens: int
+    decode_steps: int  # forward steps after the prompt (the last generated token is never fed)
+    finish_reason: str  # "length", "eos" or "stop"
+    logits: list[torch.Tensor] = field(default_factory=list)  # next-token logits per generated token, on request
+
+
+def generate(
+    model,
+    prompt: str | Sequence[int] | torch.Tensor,
+    method: Method | None = None,
+    *,
+    tokenizer=None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = (),
+    eos_token_id: int | Sequence[int] | None = None,
+    attn: str = "sdpa",
+    return_logits: bool = False,
+) -> Generation:
+    """Greedy generation with `method` managing the KV cache; footprint measured from the cache that ran."""
+    from kvbench.methods.full import Full  # the default; the engine names no other method
+
+    method = method if method is not None else Full()
+    ids = _prompt_ids(prompt, tokenizer)
+    _check_request(model, ids, chunk_size, max_new_tokens, attn, stop, tokenizer)
+    shape = ModelShape.from_config(model.config)
+    _check_positions(shape, len(ids), max_new_tokens)
+    method.bind(shape)
+    cache = KVCache(shape, method, attn_kernel=attn)
+    eos = _eos_ids(model, tokenizer, eos_token_id)
+    device = model.device
+    ids = ids.to(device)
+
+    generated: list[int] = []
+    all_logits: list[torch.Tensor] = []
+    finish_reason = "length"
+    decode_steps = 0
+    with kvbench_attention(model), torch.inference_mode():
+        num_chunks = -(-len(ids) // chunk_size)
+        for index in range(num_chunks):
+            start = index * chunk_size
+            chunk = ids[start : start + chunk_size]
+            logits = forward_step(model, cache, chunk, start, Phase(False, index, num_chunks))
+        while len(generated) < max_new_tokens:
+            if return_logits:
+                all_logits.append(logits.float().cpu())
+            token = int(logits.argmax())
+            generated.append(token)
+            if token in eos:
+                finish_reason = "eos"
+                break
+            if stop and _first_stop(tokenizer.decode(generated, skip_special_tokens=True), stop) is not None:
+                finish_reason = "stop"
+                break
+            if len(generated) == max_new_tokens:
+                break
+            step = torch.tensor([token], device=device)
+            logits = forward_step(model, cache, step, len(ids) + decode_steps, Phase(True, decode_steps))
+            decode_steps += 1
+
+    text = None
+    if tokenizer is not None:
+        text = tokenizer.decode([t for t in generated if t not in eos], skip_special_tokens=True)
+        cut = _first_stop(text, stop)
+        text = text if cut is None else text[:cut]
+    return Generation(
+        token_ids=generated,
+        text=text,
+        stats=cache.ledger.stats(tokens=len(ids) + decode_steps),
+        prompt_tokens=len(ids),
+        decode_steps=decode_steps,
+        finish_reason=finish_reason,
+        logits=all_logits,
+    )
+
+
+def forward_step(model, cache: KVCache, tokens: torch.Tensor, start: int, phase: Phase, all_logits=False):
+    """One forward of `tokens` at true positions start.. through the cache; the last (or every) logits."""
+    positions = torch.arange(start, start + len(tokens), device=tokens.device)
+    cache.begin_step(phase, positions)
+    output = model(
+        input_ids=tokens[None],
+        position_ids=positions[None],
+        use_cache=True,
+        logits_to_keep=0 if all_logits else 1,
+        kvbench_cache=cache,
+        **{cache_argument(model): cache},
+    )
+    cache.ledger.end_step()
+    return output.logits[0] if all_logits else output.logits[0, -1]
+
+
+def cache_argument(model) -> str:
+    """transformers renamed forward's `past_key_values` to `cache` (5.24 warns on the old name)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@contextlib.contextmanager
+def kvbench_attention(model):
+    """Route the model's attention through kvbench for the duration of a request."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(attention.ATTENTION_NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def _prompt_ids(prompt, tokenizer) -> torch.Tensor:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer; pass tokenizer= or token ids")
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+    else:
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise ValueError(
+                f"kvbench runs one sequence at a time (a padded batch would inflate the KV footprint); "
+                f"got a batch of {ids.shape[0]}"
+            )
+        ids = ids[0]
+    if ids.numel() == 0:
+        raise ValueError("the prompt is empty: a request needs at least one token")
+    return ids
+
+
+def _check_request(model, ids, chunk_size, max_new_tokens, attn, stop, tokenizer) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer (1 or more tokens per prefill chunk); got {chunk_size!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
+    if attn not in attention.ATTENTION_KERNELS:
+        raise ValueError(f"attn must be one of {', '.join(attention.ATTENTION_KERNELS)}; got {attn!r}")
+    if stop and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer to read the generated text")
+    if not (getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation()):
+        raise ValueError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, so kvbench "
+            "cannot manage its KV cache; use a model family that does (Llama, Qwen2/Qwen3, Mistral, ...)"
+        )
+
+
+def _check_positions(shape: ModelShape, prompt_tokens: int, max_new_tokens: int) -> None:
+    needed = prompt_tokens + max(max_new_tokens - 1, 0)
+    if shape.max_positions is not None and needed > shape.max_positions:
+        raise ValueError(
+            f"a prompt of {prompt_tokens} tokens with {max_new_tokens} new tokens needs {needed} positions; "
+            f"the model supports at most {shape.max_positions} (max_position_embeddings)"
+        )
+
+
+def _eos_ids(model, tokenizer, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        config = getattr(model, "generation_config", None) or model.config
+        eos_token_id = getattr(config, "eos_token_id", None)
+        if eos_token_id is None and tokenizer is not None:
+            eos_token_id = tokenizer.eos_token_id
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    found = [text.find(s) for s in stop if s and s in text]
+    return min(found) if found else None

@@ -1,0 +1,55 @@
+"""Tiny random models built from configs inside the tests: no download, fp32, seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+torch.set_num_threads(2)
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    """A 2-layer GQA model (4 query heads over 2 KV heads) with random weights, in eval mode."""
+    config_class, model_class = FAMILIES[family]
+    settings = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        attn_implementation="sdpa",
+    )
+    if family == "mistral":
+        settings["sliding_window"] = None
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    return model_class(config_class(**settings)).eval()
+
+
+@pytest.fixture(scope="session")
+def llama():
+    return tiny_model("llama")
+
+
+def random_prompt(length: int, seed: int = 0, vocab: int = 256) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (length,), generator=generator)
