@@ -1,8 +1,21 @@
 """kvbench: how many KVs does a long-context model really need? Measured, not assumed."""
 
 from kvbench.engine import Generation, generate
-from kvbench.method import KeepView, Method, ModelShape, Phase
+from kvbench.method import KeepView, Method, ModelShape, Phase, ScoreMethod
+from kvbench.plugins import hookimpl, list_methods, load_method
 
 __version__ = "0.1.0"
 
-__all__ = ["Generation", "KeepView", "Method", "ModelShape", "Phase", "generate", "__version__"]
+__all__ = [
+    "Generation",
+    "KeepView",
+    "Method",
+    "ModelShape",
+    "Phase",
+    "ScoreMethod",
+    "generate",
+    "hookimpl",
+    "list_methods",
+    "load_method",
+    "__version__",
+]

@@ -147,7 +147,7 @@ class KVCache(Cache):
                 num_new=self.positions.shape[0],
                 scaling=scaling,
             )
-            index = self.method.keep(view)
+            index = self.method.select(view)
             if index is None:
                 continue
             _check_keep_index(index, group, self.method, layer_idx, group_index)
@@ -195,11 +195,13 @@ def _check_keep_index(index: torch.Tensor, group: HeadGroup, method: Method, lay
     where = f"method {method.name!r} at layer {layer}, group {group_index}"
     if index.dtype not in (torch.int64, torch.int32) or index.dim() != 2 or index.shape[0] != len(group.heads):
         raise ValueError(
-            f"{where}: keep() must return integer indices of shape [{len(group.heads)}, k]; "
+            f"{where}: select() must return integer indices of shape [{len(group.heads)}, k]; "
             f"got {tuple(index.shape)} {index.dtype}"
         )
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= group.num_held):
         raise ValueError(
-            f"{where}: keep() returned indices outside 0..{group.num_held - 1} "
+            f"{where}: select() returned indices outside 0..{group.num_held - 1} "
             f"(min {int(index.min())}, max {int(index.max())})"
         )
+    if index.shape[1] > 1 and not bool((index[:, 1:] > index[:, :-1]).all()):
+        raise ValueError(f"{where}: select() must return each head's indices ascending, without repeats")

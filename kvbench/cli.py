@@ -33,12 +33,86 @@ def _footprint(args) -> int:
     return 0
 
 
+def _methods(args) -> int:
+    import dataclasses
+    import json
+
+    from kvbench.plugins import registry
+
+    rows = []
+    for name, entry in registry().items():
+        cls = entry.method_class
+        rows.append({
+            "name": name,
+            "category": cls.category,
+            "source": entry.source,
+            "knob": cls.knob,
+            "parameters": {f.name: f.default for f in dataclasses.fields(cls)},
+            "description": cls.description,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="kvbench methods")
+    for column in ("name", "category", "from", "parameters (defaults)", "description"):
+        table.add_column(column)
+    for row in rows:
+        params = ", ".join(f"{k}={v}" + ("*" if k == row["knob"] else "") for k, v in row["parameters"].items())
+        table.add_row(row["name"], row["category"], row["source"], params or "-", row["description"])
+    Console().print(table)
+    Console().print("* the knob a sweep varies")
+    return 0
+
+
+def _check(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kvbench.testing import run_checks
+
+    params = _key_values(args.params)
+    results = run_checks(args.name, params)
+    table = Table(title=f"kvbench check {args.name} {' '.join(args.params)}".strip())
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    colours = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+    for result in results:
+        table.add_row(result.name, f"[{colours[result.status]}]{result.status.upper()}[/]", result.detail)
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    failed = [r.name for r in results if r.failed]
+    console.print(f"[bold red]{len(failed)} check(s) failed[/]" if failed else "[green]all checks passed[/]")
+    return 1 if failed else 0
+
+
+def _key_values(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"parameters are given as name=value; got {pair!r}")
+        params[key] = value
+    return params
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvbench", description="Long-context KV-cache eviction benchmark: measured KV footprint."
     )
     parser.add_argument("--version", action="version", version=f"kvbench {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    methods = commands.add_parser("methods", help="every registered method: built-in and from plugins")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.set_defaults(run=_methods)
+
+    check = commands.add_parser("check", help="the conformance kit: run before contributing a method")
+    check.add_argument("name", help="a registered method name")
+    check.add_argument("params", nargs="*", metavar="param=value", help="method parameters")
+    check.set_defaults(run=_check)
 
     fp = commands.add_parser(
         "footprint", help="the paper's analytic KV footprint and peak for given settings (a calculator)"

@@ -105,6 +105,65 @@ def generate(
     )
 
 
+@dataclass
+class Scoring:
+    """Log-likelihood of a continuation after a context (lm-eval's `loglikelihood`)."""
+
+    logprob: float  # sum of the continuation tokens' log-probabilities
+    is_greedy: bool  # every continuation token is the argmax after what precedes it
+    token_logprobs: list[float]
+    stats: FootprintStats
+
+
+def score_continuation(
+    model,
+    context: Sequence[int] | torch.Tensor,
+    continuation: Sequence[int] | torch.Tensor,
+    method: Method | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    attn: str = "sdpa",
+) -> Scoring:
+    """Feed context + continuation (less its last token) as a prompt, prefilled in chunks under `method`,
+    and read the continuation's log-probabilities from the logits that predict it."""
+    from kvbench.methods.full import Full
+
+    method = method if method is not None else Full()
+    context_ids = torch.as_tensor(context, dtype=torch.long).flatten()
+    target = torch.as_tensor(continuation, dtype=torch.long).flatten()
+    if target.numel() == 0:
+        raise ValueError("the continuation is empty: nothing to score")
+    if context_ids.numel() == 0:
+        raise ValueError("the context is empty: the first continuation token has nothing to be predicted from")
+    inputs = torch.cat([context_ids, target])[:-1]
+    _check_request(model, inputs, chunk_size, 0, attn, (), None)
+    shape = ModelShape.from_config(model.config)
+    _check_positions(shape, len(inputs), 0)
+    method.bind(shape)
+    cache = KVCache(shape, method, attn_kernel=attn)
+    device = model.device
+    inputs, target = inputs.to(device), target.to(device)
+    first_needed = len(context_ids) - 1  # the position whose logits predict the first continuation token
+    pieces = []
+    with kvbench_attention(model), torch.inference_mode():
+        num_chunks = -(-len(inputs) // chunk_size)
+        for index in range(num_chunks):
+            start = index * chunk_size
+            chunk = inputs[start : start + chunk_size]
+            needed = start + len(chunk) > first_needed
+            logits = forward_step(model, cache, chunk, start, Phase(False, index, num_chunks), all_logits=needed)
+            if needed:
+                pieces.append(logits[max(0, first_needed - start) :])
+    logits = torch.cat(pieces).float()
+    logprobs = logits.log_softmax(dim=-1).gather(1, target[:, None])[:, 0]
+    return Scoring(
+        logprob=float(logprobs.sum()),
+        is_greedy=bool((logits.argmax(dim=-1) == target).all()),
+        token_logprobs=logprobs.tolist(),
+        stats=cache.ledger.stats(tokens=len(inputs)),
+    )
+
+
 def forward_step(model, cache: KVCache, tokens: torch.Tensor, start: int, phase: Phase, all_logits=False):
     """One forward of `tokens` at true positions start.. through the cache; the last (or every) logits."""
     positions = torch.arange(start, start + len(tokens), device=tokens.device)

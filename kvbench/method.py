@@ -77,14 +77,49 @@ class KeepView:
         index = torch.cat([torch.arange(r.start, r.stop, device=self.positions.device) for r in ranges])
         return index.unique(sorted=True).expand(len(self.heads), -1)
 
+    def attention_scores(self, last: int | None = None) -> torch.Tensor:
+        """Attention weights of the step's last `last` queries over the held entries, pooled per KV head.
+
+        Softmax over what each query could see (held past entries, and the step's own up to itself),
+        averaged over the query heads of each KV head and over the queries: [h, n]. Pooling over the
+        GQA group gives one kept set per KV head, never a copy per query head.
+        """
+        queries = self.queries if last is None else self.queries[:, :, -last:]
+        count = queries.shape[2]
+        logits = torch.einsum("hrqd,hnd->hrqn", queries.float(), self.keys.float()) * self.scaling
+        held = self.num_held
+        # Query i (of the last `count`) sits at held index held - count + i and sees entries up to it.
+        visible = torch.arange(held, device=logits.device)[None, :] <= (
+            torch.arange(held - count, held, device=logits.device)[:, None]
+        )
+        logits = logits.masked_fill(~visible, float("-inf"))
+        return logits.softmax(dim=-1).mean(dim=(1, 2))
+
+    def top_k(self, scores: torch.Tensor, k: int, candidates: range, recent: int = 0) -> torch.Tensor:
+        """Held indices each head keeps: every entry outside `candidates`, the last `recent` entries of
+        `candidates`, and the `k` best-scored of the rest; [h, kept] ascending."""
+        start, stop = candidates.start, candidates.stop
+        recent_start = max(start, stop - recent)
+        pool = scores[:, start:recent_start]
+        k = max(0, min(k, pool.shape[-1]))
+        chosen = pool.topk(k, dim=-1).indices + start
+        heads = len(self.heads)
+        device = scores.device
+        always = torch.cat([torch.arange(0, start, device=device), torch.arange(recent_start, self.num_held, device=device)])
+        index = torch.cat([always.expand(heads, -1), chosen], dim=-1)
+        return index.sort(dim=-1).values
+
 
 @dataclass
 class Method:
     """Base class of every KV eviction method.
 
-    Subclasses are dataclasses whose fields are the user parameters; they set `name`, `category`
-    and, for sweeps, `knob` (the parameter that trades memory for quality) and `knob_increases`
-    (True when a larger knob keeps more entries).
+    Subclasses are dataclasses whose fields are the user parameters, with defaults. They set:
+    - `name` (unique) and `category` (full, recency, post-fill, quantization, ...), `description`;
+    - `knob`: the one parameter a sweep varies to trade memory for quality, `knob_increases` (True
+      when a larger knob keeps more entries) and `knob_values` (a default sweep grid);
+    - `keeps_everything`: parameters under which the method keeps every entry (the conformance kit
+      checks that they reproduce full attention).
     """
 
     name: ClassVar[str] = ""
@@ -92,6 +127,8 @@ class Method:
     description: ClassVar[str] = ""
     knob: ClassVar[str | None] = None
     knob_increases: ClassVar[bool] = True
+    knob_values: ClassVar[tuple] = ()
+    keeps_everything: ClassVar[dict] = {}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,8 +143,11 @@ class Method:
         """Split the layer's KV heads into groups stored separately (default: one group)."""
         return [list(range(shape.num_kv_heads))]
 
-    def keep(self, view: KeepView) -> torch.Tensor | None:
-        """Indices into the held entries that each head keeps, [h, k] ascending; None keeps all."""
+    def select(self, view: KeepView) -> torch.Tensor | None:
+        """After attention at a step: the held entries each head keeps, [h, k] ascending; None keeps all.
+
+        (Called `keep(view)` in DESIGN.md; renamed because `keep` is ScoreMethod's budget parameter.)
+        """
         return None
 
     def params(self) -> dict:
@@ -118,3 +158,74 @@ def require(condition: bool, message: str) -> None:
     """Parameter validation that reads as the rule it enforces."""
     if not condition:
         raise ValueError(message)
+
+
+SCHEDULES = ("postfill", "chunked")
+
+
+@dataclass
+class ScoreMethod(Method):
+    """The score-then-top-k family (SnapKV, PyramidKV, L2-norm, H2O, ...): implement `score(view)`.
+
+    Budget: `keep`, the share of each chunk's new entries kept by score (post-fill: of the prompt's),
+    on top of the always-kept `recent` window, as the paper counts it; or `budget`, the most entries
+    a head holds after an eviction (recent window included), all held entries competing.
+    Schedule: `postfill` evicts once, after the whole prompt; `chunked` after every prefill chunk,
+    scoring with the chunk's own last queries (the paper's "naive" chunked eviction).
+    """
+
+    keep: float | None = None
+    budget: int | None = None
+    recent: int = 64
+    schedule: str = "chunked"
+
+    category = "post-fill"
+    knob = "keep"
+    knob_values = (0.1, 0.3, 0.5, 0.7, 0.9)
+    keeps_everything = {"keep": 1.0}
+    # Most score methods leave decoding alone; H2O-style methods evict at every decode step.
+    evict_during_decode: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        require(
+            self.keep is None or self.budget is None,
+            "give either keep (a share) or budget (tokens), not both",
+        )
+        if self.keep is None and self.budget is None:
+            self.keep = 0.5
+        if self.keep is not None:
+            require(
+                isinstance(self.keep, (int, float)) and 0 < self.keep <= 1,
+                f"keep must be in (0, 1]; got {self.keep!r}",
+            )
+        if self.budget is not None:
+            require(
+                isinstance(self.budget, int) and self.budget >= 1, f"budget must be an integer >= 1; got {self.budget!r}"
+            )
+        require(isinstance(self.recent, int) and self.recent >= 0, f"recent must be an integer >= 0; got {self.recent!r}")
+        require(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+
+    def score(self, view: KeepView) -> torch.Tensor:
+        """Importance of each held entry per KV head, [h, n]; higher is kept first."""
+        raise NotImplementedError
+
+    def select(self, view: KeepView) -> torch.Tensor | None:
+        phase = view.phase
+        if phase.is_decode:
+            if not (self.evict_during_decode and self.budget is not None and view.num_held > self.budget):
+                return None
+        elif self.schedule == "postfill" and not phase.is_last_chunk:
+            return None
+        if self.budget is not None:
+            if view.num_held <= self.budget:
+                return None
+            candidates = range(0, view.num_held)
+            k = self.budget - min(self.recent, self.budget)
+        else:
+            # Ratio: only the entries new since the last eviction compete (post-fill: the whole prompt).
+            new = view.num_held if self.schedule == "postfill" else view.num_new
+            candidates = range(view.num_held - new, view.num_held)
+            k = round(self.keep * new)
+            if k + self.recent >= new:
+                return None
+        return view.top_k(self.score(view), k, candidates, recent=self.recent)

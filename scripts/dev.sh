@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh clone and run a flow:  bash scripts/dev.sh test | example
 # Set-up: a .venv with the CPU build of torch (installed first: a plain `torch` requirement would
-# pull a multi-GB CUDA build), then kvbench itself (not editable, as users get it) with its test extra.
+# pull a multi-GB CUDA build), then kvbench itself (not editable, as users get it) with its test extra,
+# and the example plugin from plugins/ (its tests and `kvbench check` on it are part of the suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -12,7 +13,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q --upgrade pip
     "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q ".[test]"
+"$PY" -m pip install -q ".[test]" ./plugins/kvbench-tova
 case "${1:-test}" in
     test) shift || true; exec "$PY" -m pytest "$@" ;;
     example) exec "$PY" examples/streaming_vs_full.py ;;

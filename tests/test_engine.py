@@ -153,3 +153,20 @@ def test_model_without_attention_interface_is_refused():
 def test_streamingllm_bad_parameters(params, message):
     with pytest.raises(ValueError, match=message):
         StreamingLLM(**params)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 9, 1000])
+def test_continuation_scores_match_plain_transformers(llama, chunk_size):
+    from kvbench.engine import score_continuation
+
+    context, continuation = random_prompt(40, seed=5), random_prompt(6, seed=6)
+    ids = torch.cat([context, continuation])
+    with torch.no_grad():
+        logprobs = llama(ids[None]).logits[0, 39:-1].log_softmax(-1)
+    want = logprobs.gather(1, continuation[:, None])[:, 0]
+    got = score_continuation(llama, context, continuation, chunk_size=chunk_size)
+    torch.testing.assert_close(torch.tensor(got.token_logprobs), want, atol=1e-5, rtol=1e-5)
+    assert got.is_greedy == bool((logprobs.argmax(-1) == continuation).all())
+    assert got.stats.kv_footprint == 1.0 and got.stats.tokens == 45
+    greedy = logprobs.argmax(-1)
+    assert score_continuation(llama, context, greedy[:1], chunk_size=chunk_size).is_greedy

@@ -16,6 +16,8 @@ class StreamingLLM(Method):
     category = "recency"
     description = "Attention sinks plus a local window of the most recent entries."
     knob = "window"
+    knob_values = (128, 256, 512, 1024, 2048, 4096)
+    keeps_everything = {"window": 10**9}
 
     def validate(self) -> None:
         require(isinstance(self.sink, int) and self.sink >= 0, f"sink must be an integer >= 0; got {self.sink!r}")
@@ -23,7 +25,7 @@ class StreamingLLM(Method):
             isinstance(self.window, int) and self.window >= 1, f"window must be an integer >= 1; got {self.window!r}"
         )
 
-    def keep(self, view: KeepView):
+    def select(self, view: KeepView):
         held = view.num_held
         if held <= self.sink + self.window:
             return None

@@ -1,0 +1,213 @@
+"""The conformance kit behind `kvbench check`, importable by plugin authors' own tests.
+
+    from kvbench.testing import assert_conforms
+    def test_my_method():
+        assert_conforms("my-method", {"keep": 0.3})
+
+Each check runs the method on tiny random models (Llama and Qwen2 configs with GQA) through the real
+engine, so what it verifies is what a benchmark run would do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kvbench.engine import generate
+from kvbench.method import Method, ModelShape
+from kvbench.methods.full import Full
+from kvbench.plugins import coerce_params, method_class
+
+PROMPT_TOKENS = 96
+NEW_TOKENS = 4
+CHUNK_SIZES = (1, 7, 64, PROMPT_TOKENS + 1)
+KNOB_PROMPT_TOKENS, KNOB_CHUNK_SIZE = 512, 128
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # "pass", "fail" or "skip"
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+def conformance_models() -> dict[str, torch.nn.Module]:
+    """Tiny random Llama and Qwen2 models with grouped-query attention (4 query heads over 2 KV heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, attn_implementation="sdpa",
+    )
+    models = {}
+    for label, (config_class, model_class) in {
+        "llama-gqa": (LlamaConfig, LlamaForCausalLM),
+        "qwen2-gqa": (Qwen2Config, Qwen2ForCausalLM),
+    }.items():
+        torch.manual_seed(0)
+        models[label] = model_class(config_class(**common)).eval()
+    return models
+
+
+def run_checks(method: str | type[Method], params: dict | None = None, models: dict | None = None) -> list[CheckResult]:
+    """Every conformance check of `method` (a registered name or a Method class) with `params`."""
+    cls = method_class(method) if isinstance(method, str) else method
+    params = dict(params or {})
+    results = [_check("parameters", lambda: _parameters(cls, params))]
+    if results[0].failed:
+        return results
+    models = models if models is not None else conformance_models()
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("keeps everything = full attention", lambda: _keeps_everything(cls, params, models)),
+        ("every phase, chunk sizes 1/7/64/>prompt", lambda: _phases(cls, params, models)),
+        ("knob moves the footprint its declared way", lambda: _knob(cls, params, models)),
+        ("deterministic", lambda: _deterministic(cls, params, models)),
+    ]
+    results += [_check(name, check) for name, check in checks]
+    return results
+
+
+def assert_conforms(method: str | type[Method], params: dict | None = None, models: dict | None = None) -> None:
+    """For pytest: raise AssertionError with the readable report if any check fails."""
+    results = run_checks(method, params, models)
+    if any(result.failed for result in results):
+        raise AssertionError("\n" + format_report(results))
+
+
+def format_report(results: list[CheckResult]) -> str:
+    return "\n".join(f"{r.status.upper():4}  {r.name}{': ' + r.detail if r.detail else ''}" for r in results)
+
+
+class Skip(Exception):
+    """A check that does not apply to this method."""
+
+
+def _check(name: str, check: Callable[[], str]) -> CheckResult:
+    try:
+        return CheckResult(name, "pass", check())
+    except Skip as reason:
+        return CheckResult(name, "skip", str(reason))
+    except AssertionError as failure:
+        return CheckResult(name, "fail", str(failure))
+    except Exception as error:
+        return CheckResult(name, "fail", f"{type(error).__name__}: {error}")
+
+
+def _build(cls: type[Method], params: dict, **overrides) -> Method:
+    return cls(**coerce_params(cls, {**params, **overrides}))
+
+
+def _run(model, method: Method, chunk_size: int, prompt_tokens: int = PROMPT_TOKENS):
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, model.config.vocab_size, (prompt_tokens,), generator=generator)
+    return generate(
+        model, prompt, method, chunk_size=chunk_size, max_new_tokens=NEW_TOKENS, eos_token_id=[], return_logits=True
+    )
+
+
+def _parameters(cls: type[Method], params: dict) -> str:
+    _build(cls, params)
+    fields = dataclasses.fields(cls)
+    try:
+        _build(cls, params, no_such_parameter=1)
+        raise AssertionError("an unknown parameter was accepted")
+    except ValueError as error:
+        assert "no_such_parameter" in str(error), f"unknown-parameter error does not name it: {error}"
+    checked = []
+    for field in fields:
+        if not isinstance(field.default, (int, float)) or isinstance(field.default, bool):
+            continue
+        for bad in ("not-a-number", -1):
+            try:
+                _build(cls, params, **{field.name: bad})
+            except (ValueError, TypeError) as error:
+                assert field.name in str(error), f"the error for {field.name}={bad!r} does not name it: {error}"
+            else:
+                assert bad != "not-a-number", f"{field.name}='not-a-number' was accepted"
+        checked.append(field.name)
+    return f"errors name the parameter ({', '.join(checked) or 'no numeric parameters'})"
+
+
+def _keeps_everything(cls, params, models) -> str:
+    if not cls.keeps_everything and cls is not Full:
+        raise Skip("the method declares no `keeps_everything` settings")
+    for label, model in models.items():
+        method = _build(cls, params, **cls.keeps_everything)
+        got, want = _run(model, method, 7), _run(model, Full(), 7)
+        assert got.token_ids == want.token_ids, f"{label}: tokens differ from full attention"
+        difference = (torch.stack(got.logits) - torch.stack(want.logits)).abs().max().item()
+        assert difference < 1e-4, f"{label}: logits differ from full attention by {difference:.2e}"
+        assert got.stats.kv_footprint == 1.0, f"{label}: footprint {got.stats.kv_footprint} != 1.0"
+    return f"with {cls.keeps_everything}: same tokens and logits as full attention"
+
+
+def _phases(cls, params, models) -> str:
+    for label, model in models.items():
+        shape = ModelShape.from_config(model.config)
+        per_entry = 2 * shape.head_dim * model.dtype.itemsize
+        for chunk_size in CHUNK_SIZES:
+            method = _build(cls, params)
+            seen = _record_phases(method)
+            result = _run(model, method, chunk_size)  # the cache validates every decision
+            where = f"{label}, chunk {chunk_size}"
+            logits = torch.stack(result.logits)
+            assert torch.isfinite(logits).all(), f"{where}: NaN or inf in the logits"
+            stats = result.stats
+            assert 0 < stats.kv_footprint <= 1, f"{where}: kv_footprint {stats.kv_footprint} outside (0, 1]"
+            assert 0 < stats.kv_peak <= 1, f"{where}: kv_peak {stats.kv_peak} outside (0, 1]"
+            assert stats.kv_peak_bytes == stats.kv_entries * per_entry, (
+                f"{where}: physical peak {stats.kv_peak_bytes} B != {stats.kv_entries} entries x {per_entry} B"
+            )
+            expected = {"chunk", "last chunk", "decode"} if chunk_size < PROMPT_TOKENS else {"last chunk", "decode"}
+            assert seen >= expected, f"{where}: select() was not called at {sorted(expected - seen)}"
+    return "valid decisions, finite logits, footprint and peak in (0, 1], physical bytes = ledger"
+
+
+def _record_phases(method: Method) -> set[str]:
+    seen: set[str] = set()
+    decide = method.select
+
+    def select(view):
+        phase = view.phase
+        seen.add("decode" if phase.is_decode else "last chunk" if phase.is_last_chunk else "chunk")
+        return decide(view)
+
+    method.select = select
+    return seen
+
+
+def _knob(cls, params, models) -> str:
+    if cls.knob is None:
+        raise Skip("the method declares no knob")
+    values = sorted(cls.knob_values)
+    if len(values) < 2:
+        raise Skip(f"knob {cls.knob!r} declares fewer than two knob_values")
+    model = models["llama-gqa"]
+    footprints = []
+    for value in values:
+        method = _build(cls, params, **{cls.knob: value})
+        footprints.append(_run(model, method, KNOB_CHUNK_SIZE, KNOB_PROMPT_TOKENS).stats.kv_footprint)
+    sign = 1 if cls.knob_increases else -1
+    steps = [sign * (b - a) for a, b in zip(footprints, footprints[1:])]
+    pairs = ", ".join(f"{v}: {f:.3f}" for v, f in zip(values, footprints))
+    direction = "increase" if cls.knob_increases else "decrease"
+    assert all(step >= -1e-12 for step in steps) and not math.isclose(footprints[0], footprints[-1]), (
+        f"footprint does not {direction} with {cls.knob} ({pairs})"
+    )
+    return f"{cls.knob} -> footprint: {pairs}"
+
+
+def _deterministic(cls, params, models) -> str:
+    model = models["llama-gqa"]
+    first, second = (_run(model, _build(cls, params), 7) for _ in range(2))
+    assert first.token_ids == second.token_ids, "two runs generated different tokens"
+    assert first.stats == second.stats, "two runs measured different footprints"
+    return "two runs: same tokens and footprint"
