@@ -16,18 +16,27 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvbench.ledger import Ledger
 from kvbench.method import KeepView, Method, ModelShape, Phase
+from kvbench.quant import bytes_per_entry, make_store
 
 
 class HeadGroup:
     """Some KV heads of one layer, stored together: keys/values [1, h, n, d], positions [h, n]."""
 
-    def __init__(self, heads: list[int], queries_per_head: int):
+    def __init__(self, heads: list[int], queries_per_head: int, kv_bits: int = 16):
         self.heads = heads
         # The query heads attending over this group, in the model's order (GQA: r per KV head).
         self.query_heads = [h * queries_per_head + r for h in heads for r in range(queries_per_head)]
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
+        self.kv_bits = kv_bits
+        self._keys = self._values = None  # stores (kvbench.quant): the model's dtype, or 8/4-bit codes
         self.positions: torch.Tensor | None = None
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys.read()
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values.read()
 
     @property
     def num_held(self) -> int:
@@ -35,25 +44,23 @@ class HeadGroup:
 
     @property
     def nbytes(self) -> int:
-        if self.keys is None:
-            return 0
-        return self.keys.untyped_storage().nbytes() + self.values.untyped_storage().nbytes()
+        return 0 if self._keys is None else self._keys.nbytes + self._values.nbytes
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         positions = positions.expand(len(self.heads), -1)
-        if self.keys is None:
+        if self._keys is None:
             # Own copies, so that the group never keeps the whole layer's projection alive.
-            self.keys, self.values, self.positions = keys.contiguous(), values.contiguous(), positions.clone()
+            self._keys, self._values = make_store(keys, self.kv_bits), make_store(values, self.kv_bits)
+            self.positions = positions.clone()
             return
-        self.keys = torch.cat([self.keys, keys], dim=2)
-        self.values = torch.cat([self.values, values], dim=2)
+        self._keys.cat(keys)
+        self._values.cat(values)
         self.positions = torch.cat([self.positions, positions], dim=1)
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep entries `index` [h, k] of each head; the rest is freed (new, smaller tensors)."""
-        gather = index[None, :, :, None].expand(1, -1, -1, self.keys.shape[-1])
-        self.keys = torch.gather(self.keys, 2, gather)
-        self.values = torch.gather(self.values, 2, gather)
+        self._keys.gather(index)
+        self._values.gather(index)
         self.positions = torch.gather(self.positions, 1, index)
 
 
@@ -99,17 +106,25 @@ class KVCache(Cache):
         self.ledger = ledger if ledger is not None else Ledger(shape.num_layers, shape.num_kv_heads)
         per_head = shape.num_query_heads // shape.num_kv_heads
         layers = [
-            HeadGroupLayer([HeadGroup(heads, per_head) for heads in _checked_groups(method, layer, shape)])
+            HeadGroupLayer(
+                [HeadGroup(heads, per_head, method.kv_bits) for heads in _checked_groups(method, layer, shape)]
+            )
             for layer in range(shape.num_layers)
         ]
         super().__init__(layers=layers)
         self.phase = Phase(is_decode=False)
-        self.positions: torch.Tensor | None = None  # of the step being run, [c]
+        self.positions: torch.Tensor | None = None  # of the step being run, [c + scoring]
+        self.scoring = 0  # the step's last tokens that only score (patched schedule), dropped after
 
-    def begin_step(self, phase: Phase, positions: torch.Tensor) -> None:
-        """Called by the engine before each forward: what the step is and its tokens' true positions."""
+    def begin_step(self, phase: Phase, positions: torch.Tensor, scoring: int = 0) -> None:
+        """Called by the engine before each forward: what the step is and its tokens' true positions.
+
+        The last `scoring` tokens are the prompt's last ones appended for scoring (patched schedule):
+        they are attended over in this step only, then dropped, and count in no footprint.
+        """
         self.phase = phase
         self.positions = positions
+        self.scoring = scoring
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """Append the step's K,V [1, kv_heads, c, d] to each head group; return them unchanged.
@@ -119,10 +134,11 @@ class KVCache(Cache):
         if key_states.shape[0] != 1:
             raise ValueError(f"kvbench runs one sequence at a time; got a batch of {key_states.shape[0]}")
         layer = self.layers[layer_idx]
-        new = key_states.shape[2]
+        new = key_states.shape[2] - self.scoring
+        weight = self._byte_weight(key_states)
         bytes_before, held_before = sum(g.nbytes for g in layer.groups), layer.num_held
         for group in layer.groups:
-            self.ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new)
+            self.ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=weight)
             heads = _head_index(group.heads, key_states)
             group.append(key_states[:, heads], value_states[:, heads], self.positions)
         layer.tokens_seen += new
@@ -144,18 +160,28 @@ class KVCache(Cache):
                 keys=group.keys[0],
                 values=group.values[0],
                 queries=group_queries.unflatten(0, (len(group.heads), per_head)),
-                num_new=self.positions.shape[0],
+                num_new=self.positions.shape[0] - self.scoring,
+                num_scoring=self.scoring,
                 scaling=scaling,
             )
             index = self.method.select(view)
+            if index is not None:
+                _check_keep_index(index, group, self.method, layer_idx, group_index)
+                index = index.to(device=group.positions.device, dtype=torch.int64)
+            if self.scoring:
+                index = _without_scoring_tail(index, group, self.scoring, self.method, layer_idx, group_index)
             if index is None:
                 continue
-            _check_keep_index(index, group, self.method, layer_idx, group_index)
             bytes_before, held_before = group.nbytes, group.num_held
-            group.keep(index.to(device=group.positions.device, dtype=torch.int64))
+            group.keep(index)
             self.ledger.record_memory(
                 group.nbytes - bytes_before, (group.num_held - held_before) * len(group.heads)
             )
+
+    def _byte_weight(self, key_states: torch.Tensor) -> float:
+        """Bytes of a stored entry relative to the model's dtype: the footprint counts by bytes."""
+        head_dim, dtype, bits = key_states.shape[-1], key_states.dtype, self.method.kv_bits
+        return bytes_per_entry(head_dim, dtype, bits) / bytes_per_entry(head_dim, dtype, 16)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].tokens_seen
@@ -189,6 +215,20 @@ def _head_index(heads: list[int], states: torch.Tensor) -> slice | torch.Tensor:
     if heads == list(range(states.shape[1])):
         return slice(None)  # the whole layer in one group: no copy
     return torch.tensor(heads, device=states.device)
+
+
+def _without_scoring_tail(index, group: HeadGroup, scoring: int, method: Method, layer: int, group_index: int):
+    """The kept indices less the scoring-only tail (the held entries' last `scoring`)."""
+    held = group.num_held
+    if index is None:
+        return torch.arange(held - scoring, device=group.positions.device).expand(len(group.heads), -1)
+    tail = torch.arange(held - scoring, held, device=index.device)
+    if index.shape[1] < scoring or not bool((index[:, -scoring:] == tail).all()):
+        raise ValueError(
+            f"method {method.name!r} at layer {layer}, group {group_index}: select() must keep the last "
+            f"{scoring} held entries (the scoring-only tail of the patched schedule), which the cache then drops"
+        )
+    return index[:, :-scoring]
 
 
 def _check_keep_index(index: torch.Tensor, group: HeadGroup, method: Method, layer: int, group_index: int):

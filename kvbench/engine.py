@@ -67,11 +67,7 @@ def generate(
     finish_reason = "length"
     decode_steps = 0
     with kvbench_attention(model), torch.inference_mode():
-        num_chunks = -(-len(ids) // chunk_size)
-        for index in range(num_chunks):
-            start = index * chunk_size
-            chunk = ids[start : start + chunk_size]
-            logits = forward_step(model, cache, chunk, start, Phase(False, index, num_chunks))
+        logits = prefill(model, cache, ids, chunk_size)
         while len(generated) < max_new_tokens:
             if return_logits:
                 all_logits.append(logits.float().cpu())
@@ -144,16 +140,9 @@ def score_continuation(
     device = model.device
     inputs, target = inputs.to(device), target.to(device)
     first_needed = len(context_ids) - 1  # the position whose logits predict the first continuation token
-    pieces = []
+    pieces: list[torch.Tensor] = []
     with kvbench_attention(model), torch.inference_mode():
-        num_chunks = -(-len(inputs) // chunk_size)
-        for index in range(num_chunks):
-            start = index * chunk_size
-            chunk = inputs[start : start + chunk_size]
-            needed = start + len(chunk) > first_needed
-            logits = forward_step(model, cache, chunk, start, Phase(False, index, num_chunks), all_logits=needed)
-            if needed:
-                pieces.append(logits[max(0, first_needed - start) :])
+        prefill(model, cache, inputs, chunk_size, logits_from=first_needed, collect=pieces)
     logits = torch.cat(pieces).float()
     logprobs = logits.log_softmax(dim=-1).gather(1, target[:, None])[:, 0]
     return Scoring(
@@ -164,10 +153,36 @@ def score_continuation(
     )
 
 
-def forward_step(model, cache: KVCache, tokens: torch.Tensor, start: int, phase: Phase, all_logits=False):
-    """One forward of `tokens` at true positions start.. through the cache; the last (or every) logits."""
-    positions = torch.arange(start, start + len(tokens), device=tokens.device)
-    cache.begin_step(phase, positions)
+def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int, logits_from=None, collect=None):
+    """Run the prompt through the cache in chunks; return the last position's logits.
+
+    With `logits_from`, the logits of positions logits_from.. are appended to `collect` (scoring).
+    Under a patched schedule, every chunk but the last carries the prompt's last tokens, for the
+    method to score with; the cache drops their entries after the step.
+    """
+    num_chunks = -(-len(ids) // chunk_size)
+    scoring = min(cache.method.scoring_tokens(), len(ids))
+    logits = None
+    for index in range(num_chunks):
+        start = index * chunk_size
+        chunk = ids[start : start + chunk_size]
+        tail = scoring if index < num_chunks - 1 else 0
+        tokens = torch.cat([chunk, ids[len(ids) - tail :]]) if tail else chunk
+        positions = torch.arange(start, start + len(chunk), device=ids.device)
+        if tail:
+            positions = torch.cat([positions, torch.arange(len(ids) - tail, len(ids), device=ids.device)])
+        wanted = logits_from is not None and start + len(chunk) > logits_from
+        logits = forward_step(model, cache, tokens, positions, Phase(False, index, num_chunks), wanted, tail)
+        if wanted:
+            collect.append(logits[max(0, logits_from - start) : len(chunk)])
+    return logits if logits_from is None else None
+
+
+def forward_step(model, cache: KVCache, tokens, positions, phase: Phase, all_logits=False, scoring=0):
+    """One forward of `tokens` at true `positions` through the cache; the last (or every) logits."""
+    if isinstance(positions, int):
+        positions = torch.arange(positions, positions + len(tokens), device=tokens.device)
+    cache.begin_step(phase, positions, scoring)
     output = model(
         input_ids=tokens[None],
         position_ids=positions[None],

@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import torch
 
+from kvbench.quant import KV_BITS
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -65,8 +67,11 @@ class KeepView:
     keys: torch.Tensor  # [h, n, d] post-RoPE keys
     values: torch.Tensor  # [h, n, d]
     queries: torch.Tensor  # [h, r, c, d] the step's post-RoPE queries, grouped by KV head
-    num_new: int  # c: the last c held entries were added at this step
+    num_new: int  # c: the step's new entries (the last c held, before any scoring tail)
     scaling: float
+    # Patched schedule: the prompt's last tokens appended to this chunk only to score; they are the
+    # last `num_scoring` held entries (and the last queries), and the cache drops them after select().
+    num_scoring: int = 0
 
     @property
     def num_held(self) -> int:
@@ -77,23 +82,26 @@ class KeepView:
         index = torch.cat([torch.arange(r.start, r.stop, device=self.positions.device) for r in ranges])
         return index.unique(sorted=True).expand(len(self.heads), -1)
 
-    def attention_scores(self, last: int | None = None) -> torch.Tensor:
+    def attention_scores(self, last: int | None = None, block: int = 256) -> torch.Tensor:
         """Attention weights of the step's last `last` queries over the held entries, pooled per KV head.
 
         Softmax over what each query could see (held past entries, and the step's own up to itself),
         averaged over the query heads of each KV head and over the queries: [h, n]. Pooling over the
-        GQA group gives one kept set per KV head, never a copy per query head.
+        GQA group gives one kept set per KV head, never a copy per query head. Queries are taken in
+        blocks so that scoring a long chunk never materialises chunk x held weights at once.
         """
         queries = self.queries if last is None else self.queries[:, :, -last:]
-        count = queries.shape[2]
-        logits = torch.einsum("hrqd,hnd->hrqn", queries.float(), self.keys.float()) * self.scaling
-        held = self.num_held
-        # Query i (of the last `count`) sits at held index held - count + i and sees entries up to it.
-        visible = torch.arange(held, device=logits.device)[None, :] <= (
-            torch.arange(held - count, held, device=logits.device)[:, None]
-        )
-        logits = logits.masked_fill(~visible, float("-inf"))
-        return logits.softmax(dim=-1).mean(dim=(1, 2))
+        count, held = queries.shape[2], self.num_held
+        keys = self.keys.float()
+        total = torch.zeros(keys.shape[0], held, device=keys.device)
+        for start in range(0, count, block):
+            part = queries[:, :, start : start + block].float()
+            logits = torch.einsum("hrqd,hnd->hrqn", part, keys) * self.scaling
+            # Query i (of the last `count`) sits at held index held - count + i and sees entries up to it.
+            rows = torch.arange(held - count + start, held - count + start + part.shape[2], device=keys.device)
+            visible = torch.arange(held, device=keys.device)[None, :] <= rows[:, None]
+            total += logits.masked_fill(~visible, float("-inf")).softmax(dim=-1).sum(dim=(1, 2))
+        return total / (count * queries.shape[1])
 
     def top_k(self, scores: torch.Tensor, k: int, candidates: range, recent: int = 0) -> torch.Tensor:
         """Held indices each head keeps: every entry outside `candidates`, the last `recent` entries of
@@ -130,7 +138,12 @@ class Method:
     knob_values: ClassVar[tuple] = ()
     keeps_everything: ClassVar[dict] = {}
 
+    # Shared by every method: KV storage at the model's dtype (16), 8 or 4 bits; the footprint
+    # counts bytes, so quantization and eviction combine on one axis.
+    kv_bits: int = 16
+
     def __post_init__(self) -> None:
+        require(self.kv_bits in KV_BITS, f"kv_bits must be one of {', '.join(map(str, KV_BITS))}; got {self.kv_bits!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -150,6 +163,11 @@ class Method:
         """
         return None
 
+    def scoring_tokens(self) -> int:
+        """How many of the prompt's last tokens to append to every non-last prefill chunk, to score
+        with and then drop (the patched schedule); 0 for none."""
+        return 0
+
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -160,7 +178,7 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-SCHEDULES = ("postfill", "chunked")
+SCHEDULES = ("postfill", "chunked", "patched")
 
 
 @dataclass
@@ -171,12 +189,15 @@ class ScoreMethod(Method):
     on top of the always-kept `recent` window, as the paper counts it; or `budget`, the most entries
     a head holds after an eviction (recent window included), all held entries competing.
     Schedule: `postfill` evicts once, after the whole prompt; `chunked` after every prefill chunk,
-    scoring with the chunk's own last queries (the paper's "naive" chunked eviction).
+    scoring with the chunk's own last `obs_window` queries (the paper's "naive"); `patched` after every
+    chunk too, but the prompt's last `obs_window` tokens are appended to each chunk to score with,
+    then dropped (the paper's "patched").
     """
 
     keep: float | None = None
     budget: int | None = None
     recent: int = 64
+    obs_window: int = 64
     schedule: str = "chunked"
 
     category = "post-fill"
@@ -203,29 +224,41 @@ class ScoreMethod(Method):
                 isinstance(self.budget, int) and self.budget >= 1, f"budget must be an integer >= 1; got {self.budget!r}"
             )
         require(isinstance(self.recent, int) and self.recent >= 0, f"recent must be an integer >= 0; got {self.recent!r}")
+        require(
+            isinstance(self.obs_window, int) and self.obs_window >= 1,
+            f"obs_window must be an integer >= 1; got {self.obs_window!r}",
+        )
         require(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+
+    def scoring_tokens(self) -> int:
+        return self.obs_window if self.schedule == "patched" else 0
 
     def score(self, view: KeepView) -> torch.Tensor:
         """Importance of each held entry per KV head, [h, n]; higher is kept first."""
         raise NotImplementedError
 
     def select(self, view: KeepView) -> torch.Tensor | None:
-        phase = view.phase
-        if phase.is_decode:
-            if not (self.evict_during_decode and self.budget is not None and view.num_held > self.budget):
-                return None
-        elif self.schedule == "postfill" and not phase.is_last_chunk:
+        if not self.evicts_at(view):
             return None
+        end = view.num_held - view.num_scoring  # the scoring tail is kept here; the cache drops it
         if self.budget is not None:
-            if view.num_held <= self.budget:
+            if end <= self.budget:
                 return None
-            candidates = range(0, view.num_held)
-            k = self.budget - min(self.recent, self.budget)
+            candidates, k = range(0, end), self.budget - min(self.recent, self.budget)
         else:
             # Ratio: only the entries new since the last eviction compete (post-fill: the whole prompt).
-            new = view.num_held if self.schedule == "postfill" else view.num_new
-            candidates = range(view.num_held - new, view.num_held)
+            new = end if self.schedule == "postfill" else view.num_new
             k = round(self.keep * new)
-            if k + self.recent >= new:
+            if k + self.recent >= new:  # nothing to evict (before any per-layer redistribution)
                 return None
+            candidates, k = range(end - new, end), self.layer_budget(view.layer, k)
         return view.top_k(self.score(view), k, candidates, recent=self.recent)
+
+    def evicts_at(self, view: KeepView) -> bool:
+        if view.phase.is_decode:
+            return self.evict_during_decode and self.budget is not None
+        return self.schedule != "postfill" or view.phase.is_last_chunk
+
+    def layer_budget(self, layer: int, k: int) -> int:
+        """Entries kept by score at `layer` when the average layer keeps `k` (PyramidKV varies it)."""
+        return k

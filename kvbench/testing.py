@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from kvbench.engine import generate
-from kvbench.method import Method, ModelShape
+from kvbench.method import Method, ModelShape, ScoreMethod
 from kvbench.methods.full import Full
 from kvbench.plugins import coerce_params, method_class
+from kvbench.quant import bytes_per_entry
 
 PROMPT_TOKENS = 96
 NEW_TOKENS = 4
@@ -102,6 +103,12 @@ def _check(name: str, check: Callable[[], str]) -> CheckResult:
 
 
 def _build(cls: type[Method], params: dict, **overrides) -> Method:
+    params = dict(params)
+    # ScoreMethod's `keep` and `budget` are alternatives: setting one drops the other.
+    for one, other in (("keep", "budget"), ("budget", "keep")):
+        if one in overrides and issubclass(cls, ScoreMethod):
+            params.pop(other, None)
+            overrides.setdefault(other, None)
     return cls(**coerce_params(cls, {**params, **overrides}))
 
 
@@ -141,20 +148,20 @@ def _keeps_everything(cls, params, models) -> str:
         raise Skip("the method declares no `keeps_everything` settings")
     for label, model in models.items():
         method = _build(cls, params, **cls.keeps_everything)
-        got, want = _run(model, method, 7), _run(model, Full(), 7)
+        got, want = _run(model, method, 7), _run(model, Full(kv_bits=method.kv_bits), 7)
         assert got.token_ids == want.token_ids, f"{label}: tokens differ from full attention"
         difference = (torch.stack(got.logits) - torch.stack(want.logits)).abs().max().item()
         assert difference < 1e-4, f"{label}: logits differ from full attention by {difference:.2e}"
-        assert got.stats.kv_footprint == 1.0, f"{label}: footprint {got.stats.kv_footprint} != 1.0"
-    return f"with {cls.keeps_everything}: same tokens and logits as full attention"
+        assert got.stats == want.stats, f"{label}: footprint {got.stats} != full attention's {want.stats}"
+    return f"with {cls.keeps_everything}: same tokens, logits and footprint as full attention"
 
 
 def _phases(cls, params, models) -> str:
     for label, model in models.items():
         shape = ModelShape.from_config(model.config)
-        per_entry = 2 * shape.head_dim * model.dtype.itemsize
         for chunk_size in CHUNK_SIZES:
             method = _build(cls, params)
+            per_entry = bytes_per_entry(shape.head_dim, model.dtype, method.kv_bits)
             seen = _record_phases(method)
             result = _run(model, method, chunk_size)  # the cache validates every decision
             where = f"{label}, chunk {chunk_size}"

@@ -1,10 +1,18 @@
 """Built-in methods: one small file each, registered through the same hook as third-party ones."""
 
+from kvbench.methods.duoattention import DuoAttention
 from kvbench.methods.full import Full
+from kvbench.methods.h2o import H2O
+from kvbench.methods.l2norm import L2Norm
+from kvbench.methods.prulong import PruLong
+from kvbench.methods.pyramidkv import PyramidKV
+from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
 from kvbench.plugins import hookimpl
+
+BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O]
 
 
 @hookimpl
 def kvbench_methods():
-    return [Full, StreamingLLM]
+    return BUILTIN_METHODS

@@ -7,6 +7,19 @@ from dataclasses import dataclass
 from kvbench.method import KeepView, Method, require
 
 
+def sinks_and_window(view: KeepView, sink: int, window: int):
+    """Held indices of the first `sink` and last `window` entries, or None when that is all of them."""
+    held = view.num_held - view.num_scoring
+    if held <= sink + window:
+        return None
+    return view.keep_ranges(range(sink), range(held - window, view.num_held))
+
+
+def check_sink_and_window(sink, window) -> None:
+    require(isinstance(sink, int) and sink >= 0, f"sink must be an integer >= 0; got {sink!r}")
+    require(isinstance(window, int) and window >= 1, f"window must be an integer >= 1; got {window!r}")
+
+
 @dataclass
 class StreamingLLM(Method):
     sink: int = 128
@@ -20,13 +33,7 @@ class StreamingLLM(Method):
     keeps_everything = {"window": 10**9}
 
     def validate(self) -> None:
-        require(isinstance(self.sink, int) and self.sink >= 0, f"sink must be an integer >= 0; got {self.sink!r}")
-        require(
-            isinstance(self.window, int) and self.window >= 1, f"window must be an integer >= 1; got {self.window!r}"
-        )
+        check_sink_and_window(self.sink, self.window)
 
     def select(self, view: KeepView):
-        held = view.num_held
-        if held <= self.sink + self.window:
-            return None
-        return view.keep_ranges(range(self.sink), range(held - self.window, held))
+        return sinks_and_window(view, self.sink, self.window)

@@ -1,0 +1,272 @@
+"""The paper's methods and the post-fill family: formula, peaks, behaviour on a model, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_prompt, tiny_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import kvbench
+from kvbench import generate
+from kvbench.cache import KVCache
+from kvbench.engine import kvbench_attention, prefill
+from kvbench.method import ModelShape
+from kvbench.methods import BUILTIN_METHODS
+from kvbench.methods.duoattention import DuoAttention
+from kvbench.methods.full import Full
+from kvbench.methods.pyramidkv import PyramidKV
+from kvbench.methods.snapkv import SnapKV
+from kvbench.methods.streamingllm import StreamingLLM
+from kvbench.testing import format_report, run_checks
+
+CASES = json.loads((Path(__file__).parent / "data" / "paper_formula_cases.json").read_text())["cases"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    # 2 layers x 2 KV heads: head shares of 1/4 and 3/4 are whole numbers of heads.
+    return tiny_model("llama", hidden_size=32, intermediate_size=64)
+
+
+def write_pattern(path: Path, rows) -> str:
+    path.write_text("\n".join("\t".join(str(v) for v in row) for row in rows) + "\n")
+    return str(path)
+
+
+def run_case(model, case, method):
+    return generate(
+        model, random_prompt(case["prompt_len"]), method,
+        chunk_size=case["chunk_size"], max_new_tokens=case["decode_steps"] + 1, eos_token_id=[],
+    ).stats
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["kind"] == "chunked_keep"], ids=lambda c: f"{c['prompt_len']}-{c['keep']}")
+def test_snapkv_chunked_matches_the_papers_formula(model, case):
+    method = SnapKV(keep=case["keep"], recent=case["always_keep_window"], schedule="chunked")
+    stats = run_case(model, case, method)
+    assert stats.kv_footprint == pytest.approx(case["footprint"], abs=1e-6)
+    assert stats.kv_peak == pytest.approx(case["peak"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["kind"] == "head_mix"], ids=lambda c: f"{c['prompt_len']}-{c['streaming_head_share']}")
+def test_duoattention_matches_the_papers_head_mix(model, case, tmp_path):
+    pattern = write_pattern(tmp_path / "gates.tsv", [[0.9, 0.2], [0.4, 0.7]])
+    method = DuoAttention(
+        pattern=pattern, head_sparsity=case["streaming_head_share"], sink=case["sink"], window=case["window"]
+    )
+    assert method.streaming.float().mean() == case["streaming_head_share"]
+    stats = run_case(model, case, method)
+    assert stats.kv_footprint == pytest.approx(case["footprint"], abs=1e-6)
+    assert stats.kv_peak == pytest.approx(case["peak"], abs=1e-6)
+
+
+@pytest.mark.parametrize("method_class", [SnapKV, PyramidKV])
+def test_postfill_peaks_higher_than_chunked(model, method_class):
+    run = dict(chunk_size=128, max_new_tokens=4, eos_token_id=[])
+    prompt = random_prompt(1024)
+    postfill = generate(model, prompt, method_class(keep=0.3, schedule="postfill"), **run).stats
+    chunked = generate(model, prompt, method_class(keep=0.3, schedule="chunked"), **run).stats
+    assert postfill.kv_peak > chunked.kv_peak
+    assert postfill.kv_peak_bytes > chunked.kv_peak_bytes
+    # Post-fill holds the whole prompt once, before its eviction; chunked eviction never does.
+    assert postfill.kv_peak == pytest.approx(1024 / 1027, abs=1e-9)
+
+
+# ---- behaviour on a model: a planted fact far from the end ----
+
+NEEDLE, NEEDLE_POSITION, PROMPT_LEN = 0, 20, 600
+
+
+def matching_model():
+    """One layer whose queries and keys are the same projection of a token, so a query attends to
+    earlier copies of its own token (content-based lookup, like a retrieval head). RoPE is made
+    nearly position-free (huge theta, projection onto its slowest dimensions) so distance does not
+    blur the match."""
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, rope_theta=1e9, attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    attention = model.model.layers[0].self_attn
+    head_dim = 16
+    slow = [4, 5, 6, 7, 12, 13, 14, 15]  # rotary dims (i, i + 8) with the lowest frequencies
+    projection = torch.zeros(head_dim, 64)
+    projection[slow] = torch.randn(len(slow), 64) * 3.0
+    with torch.no_grad():
+        attention.q_proj.weight.copy_(projection.repeat(4, 1))
+        attention.k_proj.weight.copy_(projection.repeat(2, 1))
+    return model
+
+
+def planted_prompt():
+    """Filler from tokens 9..63; the needle (token 0) planted once; a question at the end whose
+    other tokens (1..8) occur nowhere else, so the needle is the only thing it looks up."""
+    generator = torch.Generator().manual_seed(7)
+    prompt = torch.randint(9, 64, (PROMPT_LEN,), generator=generator)
+    prompt[NEEDLE_POSITION] = NEEDLE
+    prompt[-16:] = torch.randint(1, 9, (16,), generator=generator)
+    prompt[-3] = NEEDLE
+    return prompt
+
+
+def held_after_prompt(model, method, chunk_size=128):
+    cache = KVCache(ModelShape.from_config(model.config), method)
+    method.bind(cache.shape)
+    with kvbench_attention(model), torch.inference_mode():
+        prefill(model, cache, planted_prompt(), chunk_size)
+    positions = [group.positions for group in cache.layers[0].groups]
+    footprint = cache.ledger.stats(PROMPT_LEN).kv_footprint
+    return torch.cat(positions), footprint
+
+
+def test_planted_fact_lost_by_streaming_kept_by_patched_snapkv():
+    model = matching_model()
+    streaming_held, streaming_footprint = held_after_prompt(model, StreamingLLM(sink=4, window=64))
+    patched_held, patched_footprint = held_after_prompt(
+        model, SnapKV(keep=0.05, recent=16, obs_window=16, kernel=1, schedule="patched")
+    )
+    naive_held, _ = held_after_prompt(model, SnapKV(keep=0.05, recent=16, obs_window=16, kernel=1, schedule="chunked"))
+
+    assert not (streaming_held == NEEDLE_POSITION).any()  # outside the window: gone
+    assert (patched_held == NEEDLE_POSITION).any(dim=1).all()  # every KV head kept it
+    # Naive chunked eviction scores chunk 0 with chunk 0's own queries, which never ask for it.
+    assert not (naive_held == NEEDLE_POSITION).any(dim=1).all()
+    assert patched_footprint < 1.5 * streaming_footprint  # at a comparable footprint
+
+
+# ---- DuoAttention at the ends of its knob ----
+
+def test_duoattention_all_streaming_is_streamingllm_and_none_is_full(model, tmp_path):
+    pattern = write_pattern(tmp_path / "gates.tsv", [[0.9, 0.2], [0.4, 0.7]])
+    prompt = random_prompt(300, seed=3)
+    run = dict(chunk_size=64, max_new_tokens=5, eos_token_id=[], return_logits=True)
+
+    def logits(method):
+        return torch.stack(generate(model, prompt, method, **run).logits)
+
+    torch.testing.assert_close(
+        logits(DuoAttention(pattern=pattern, head_sparsity=1.0, sink=8, window=32)),
+        logits(StreamingLLM(sink=8, window=32)), atol=1e-5, rtol=1e-5,
+    )
+    torch.testing.assert_close(
+        logits(DuoAttention(pattern=pattern, head_sparsity=0.0, sink=8, window=32)), logits(Full()), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_duoattention_streaming_heads_really_hold_only_sink_and_window(model, tmp_path):
+    pattern = write_pattern(tmp_path / "gates.tsv", [[0.9, 0.2], [0.4, 0.7]])
+    stats = generate(model, random_prompt(400), DuoAttention(pattern=pattern, head_sparsity=0.5, sink=8, window=32),
+                     chunk_size=400, max_new_tokens=1).stats
+    shape = ModelShape.from_config(model.config)
+    per_entry = 2 * shape.head_dim * 4
+    assert stats.kv_peak_bytes == stats.kv_entries * per_entry
+    # The peak: layer 0 after its eviction (a full head: 400, a streaming head: 8 + 32), plus layer 1
+    # before its eviction (both heads: 400 each).
+    assert stats.kv_entries == (400 + 40) + 2 * 400
+
+
+# ---- quantized storage ----
+
+@pytest.mark.parametrize("bits, low, high", [(8, 0.5, 0.55), (4, 0.25, 0.3)])
+def test_quantized_kv_shrinks_bytes_and_changes_logits_slightly(bits, low, high):
+    model = tiny_model("llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=1).to(torch.bfloat16)
+    prompt = random_prompt(200, seed=4)
+    run = dict(chunk_size=64, max_new_tokens=4, eos_token_id=[], return_logits=True)
+    full = generate(model, prompt, Full(), **run)
+    quantized = generate(model, prompt, Full(kv_bits=bits), **run)
+    ratio = quantized.stats.kv_peak_bytes / full.stats.kv_peak_bytes
+    # bits/16 of the data, plus an fp16 scale and minimum per 64 channels of each key and value.
+    assert low <= ratio <= high
+    assert quantized.stats.kv_footprint == pytest.approx(ratio, abs=1e-9)  # counted by bytes
+    difference = (torch.stack(quantized.logits) - torch.stack(full.logits)).abs().max().item()
+    scale = torch.stack(full.logits).abs().max().item()
+    assert 0 < difference < (0.05 if bits == 8 else 0.25) * scale
+
+
+def test_quantization_combines_with_eviction():
+    model = tiny_model("llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=1).to(torch.bfloat16)
+    run = dict(chunk_size=64, max_new_tokens=2, eos_token_id=[])
+    prompt = random_prompt(512, seed=5)
+    evicting = generate(model, prompt, StreamingLLM(sink=4, window=60), **run).stats.kv_footprint
+    both = generate(model, prompt, StreamingLLM(sink=4, window=60, kv_bits=8), **run).stats.kv_footprint
+    assert both == pytest.approx(evicting * (2 * (128 + 4 * 2)) / (2 * 128 * 2), rel=1e-9)
+
+
+# ---- every method through the conformance kit ----
+
+def conformance_params(tmp_path) -> dict[str, list[dict]]:
+    pattern = write_pattern(tmp_path / "pattern.tsv", [[0.9, 0.1], [0.2, 0.8]])
+    score = {"keep": 0.3, "recent": 8, "obs_window": 8}
+    return {
+        "full": [{}],
+        "streamingllm": [{"sink": 4, "window": 24}],
+        "duoattention": [{"pattern": pattern, "sink": 4, "window": 16}],
+        "prulong": [{"pattern": pattern, "sink": 4, "window": 16, "kv_bits": 8}],
+        "snapkv": [{**score, "schedule": s} for s in ("postfill", "chunked", "patched")],
+        "pyramidkv": [{**score, "schedule": "patched"}],
+        "l2norm": [{**score, "kv_bits": 4}],
+        "h2o": [score, {"budget": 40, "recent": 8, "obs_window": 8}],
+    }
+
+
+def test_every_builtin_method_is_listed_and_passes_the_kit(tmp_path):
+    params = conformance_params(tmp_path)
+    assert {m.name for m in BUILTIN_METHODS} == set(params) and set(params) <= set(kvbench.list_methods())
+    for name, settings in params.items():
+        for setting in settings:
+            results = run_checks(name, setting)
+            assert not any(r.failed for r in results), f"{name} {setting}\n{format_report(results)}"
+
+
+# ---- bad input ----
+
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("snapkv", {"keep": 0}, r"keep must be in \(0, 1\]; got 0"),
+        ("snapkv", {"keep": 1.5}, r"keep must be in \(0, 1\]; got 1.5"),
+        ("pyramidkv", {"budget": 0}, "budget must be an integer >= 1; got 0"),
+        ("h2o", {"keep": 0.3, "budget": 100}, "give either keep .* or budget .*, not both"),
+        ("snapkv", {"schedule": "eager"}, "schedule must be one of postfill, chunked, patched; got 'eager'"),
+        ("l2norm", {"kv_bits": 2}, "kv_bits must be one of 16, 8, 4; got 2"),
+        ("snapkv", {"kernel": 4}, "kernel must be an odd integer >= 1; got 4"),
+        ("duoattention", {}, "duoattention needs pattern=PATH"),
+        ("duoattention", {"pattern": "/no/such/file.tsv"}, "head pattern file not found: /no/such/file.tsv"),
+        ("prulong", {"pattern": "PATTERN", "head_sparsity": 1.2}, r"head_sparsity must be in \[0, 1\]; got 1.2"),
+    ],
+)
+def test_bad_parameters(name, params, message, tmp_path):
+    params = {k: (write_pattern(tmp_path / "p.tsv", [[1, 2]]) if v == "PATTERN" else v) for k, v in params.items()}
+    with pytest.raises(ValueError, match=message):
+        kvbench.load_method(name, **params)
+
+
+def test_bad_pattern_files(tmp_path, model):
+    nan = write_pattern(tmp_path / "nan.tsv", [[0.5, math.nan], [0.1, 0.2]])
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        DuoAttention(pattern=nan)
+    outside = write_pattern(tmp_path / "outside.tsv", [[0.5, 3.0], [0.1, 0.2]])
+    with pytest.raises(ValueError, match=r"gate values lie in \[0, 1\]; got 0.1..3"):
+        DuoAttention(pattern=outside)
+    wrong_shape = write_pattern(tmp_path / "shape.tsv", [[0.5, 0.1, 0.3]])
+    with pytest.raises(ValueError, match=r"has shape \(1, 3\) \(layers, KV heads\); the model has \(2, 2\)"):
+        generate(model, random_prompt(10), DuoAttention(pattern=wrong_shape), max_new_tokens=1)
+
+
+def test_binary_pattern_files_read_like_tsv(tmp_path):
+    import numpy
+
+    gates = torch.tensor([[0.9, 0.2], [0.4, 0.7]], dtype=torch.float64)
+    torch.save(gates, tmp_path / "gates.pt")
+    numpy.save(tmp_path / "gates.npy", gates.numpy())
+    tsv = DuoAttention(pattern=write_pattern(tmp_path / "gates.tsv", gates.tolist()), head_sparsity=0.5)
+    for name in ("gates.pt", "gates.npy"):
+        method = DuoAttention(pattern=str(tmp_path / name), head_sparsity=0.5)
+        assert torch.equal(method.streaming, tsv.streaming)
+    assert tsv.streaming.tolist() == [[False, True], [True, False]]
