@@ -88,6 +88,22 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
+def _data_fetch(args) -> int:
+    from pathlib import Path
+
+    from kvbench.data import common, fetch
+
+    dest = Path(args.dest) if args.dest else common.default_root()
+    if args.what in ("all", "helmet"):
+        url = args.url or fetch.HELMET_URL
+        print(f"HELMET's data -> {fetch.fetch_helmet(dest, url, args.sha256, keep=args.keep_archive)}")
+    if args.what in ("all", "icl"):
+        fetch.fetch_icl(dest)
+        print(f"ICL datasets -> {dest / 'data' / 'icl'}")
+    print(f"use it with --metadata '{{\"data_dir\": \"{dest}\"}}' or {common.DATA_DIR_ENV}={dest}")
+    return 0
+
+
 def _key_values(pairs: list[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -127,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--always-keep-window", type=int, default=64, help="chunked_keep: recent entries always kept")
     fp.add_argument("--streaming-head-share", type=float, default=0.5, help="head_mix: share of streaming heads")
     fp.set_defaults(run=_footprint)
+
+    data = commands.add_parser("data", help="task data: HELMET's released files and the ICL datasets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = data_commands.add_parser(
+        "fetch", help="download and unpack HELMET's data and the ICL datasets (online; resumable, checksummed)"
+    )
+    fetch.add_argument("what", nargs="?", choices=["all", "helmet", "icl"], default="all")
+    fetch.add_argument("--dest", help="target folder (default: $KVBENCH_DATA_DIR, else ~/.cache/kvbench/helmet)")
+    fetch.add_argument("--url", default=None, help="mirror of HELMET's data.tar.gz")
+    fetch.add_argument("--sha256", default=None, help="expected SHA-256 of data.tar.gz")
+    fetch.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after unpacking")
+    fetch.set_defaults(run=_data_fetch)
     return parser
 
 
@@ -138,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"kvbench: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,170 @@
+"""What every task generator shares: the settings lm-eval hands it, the tokenizer, fitting a prompt to a length.
+
+lm-eval calls a task's `custom_dataset` with the task's metadata merged with `--model_args` and
+`--metadata`, so every generator takes `**settings` and reads the keys below from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+LENGTH_KEY = "context_length"  # the ONE key that picks the length: --metadata '{"context_length": 16384}'
+DEFAULT_LENGTH = 131072  # the paper reports 128K
+HELMET_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)  # the lengths HELMET's files were built for
+DATA_DIR_ENV = "KVBENCH_DATA_DIR"
+DEFAULT_DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvbench" / "helmet"
+
+# One schema for every task, so that lm-eval's YAML (doc_to_text etc.) is the same everywhere.
+# qrels: graded relevance as "id:label" pairs, only for re-ranking.
+FEATURES = datasets.Features({
+    "prompt": datasets.Value("string"),
+    "answers": datasets.Sequence(datasets.Value("string")),
+    "qrels": datasets.Sequence(datasets.Value("string")),
+    "metric": datasets.Value("string"),
+    "task": datasets.Value("string"),
+    "length": datasets.Value("int64"),
+})
+
+
+@dataclass(frozen=True)
+class Settings:
+    length: int
+    seed: int
+    num_samples: int
+    tokenizer: object
+    data_dir: Path | None
+
+
+def settings(settings: dict, default_samples: int = 100) -> Settings:
+    length = _positive_int(settings, LENGTH_KEY, DEFAULT_LENGTH)
+    if length < 1024:
+        raise ValueError(f"{LENGTH_KEY}={length} is too short for a long-context task; use 1024 tokens or more")
+    return Settings(
+        length=length,
+        seed=_positive_int(settings, "seed", 42, allow_zero=True),
+        num_samples=_positive_int(settings, "num_samples", default_samples),
+        tokenizer=load_tokenizer(settings),
+        data_dir=Path(settings["data_dir"]) if settings.get("data_dir") else None,
+    )
+
+
+def _positive_int(settings: dict, key: str, default: int, allow_zero: bool = False) -> int:
+    value = settings.get(key, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--metadata key {key!r} must be an integer; got {value!r}") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(f"--metadata key {key!r} must be positive; got {number}")
+    return number
+
+
+def load_tokenizer(settings: dict):
+    """The evaluated model's own tokenizer: `tokenizer` if given, else `pretrained` (both from --model_args)."""
+    name = settings.get("tokenizer") or settings.get("pretrained")
+    if not name:
+        raise ValueError(
+            "kvbench tasks measure lengths with the evaluated model's tokenizer, but neither `pretrained` nor "
+            "`tokenizer` was given; pass --model_args pretrained=PATH (or tokenizer=PATH)"
+        )
+    if not isinstance(name, str):
+        return name  # an already-loaded tokenizer (Python callers, tests)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    # With special tokens: a backend that adds BOS must still fit.
+    return len(tokenizer(text)["input_ids"])
+
+
+def piece_lengths(tokenizer, pieces: list[str]) -> list[int]:
+    if not pieces:
+        return []
+    return [len(ids) for ids in tokenizer(pieces, add_special_tokens=False)["input_ids"]]
+
+
+def rng_seed(*parts) -> int:
+    """A seed derived from strings/ints, stable across runs and Python versions (hash() is not)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return int(digest, 16) % 2**31
+
+
+def fill(tokenizer, render, pieces: list[str], budget: int) -> tuple[str, int]:
+    """The prompt `render(pieces[:n])` with the largest n whose tokens fit in `budget`, and n.
+
+    Pieces are counted one by one (cheap), then the whole prompt is measured once and pieces dropped
+    until it truly fits, because tokens at piece boundaries do not add up exactly.
+    """
+    overhead = count_tokens(tokenizer, render([]))
+    if overhead > budget:
+        raise ValueError(f"the task's template alone needs {overhead} tokens, more than the {budget} available; "
+                         f"raise {LENGTH_KEY}")
+    n, used = 0, overhead
+    for size in piece_lengths(tokenizer, pieces):
+        if used + size + 1 > budget:  # +1: the separator between pieces
+            break
+        used += size + 1
+        n += 1
+    while n > 0 and count_tokens(tokenizer, render(pieces[:n])) > budget:
+        n -= max(1, n // 100)
+    return render(pieces[:n]), n
+
+
+def truncate_context(tokenizer, render, context: str, budget: int) -> str:
+    """HELMET's rule for its fixed files: cut the end of the context until the prompt fits the budget."""
+    prompt = render(context)
+    excess = count_tokens(tokenizer, prompt) - budget
+    while excess > 0:
+        if not context:
+            raise ValueError(f"the prompt does not fit {budget} tokens even without its context; raise {LENGTH_KEY}")
+        offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        keep = max(0, len(offsets) - excess)
+        context = context[: offsets[keep][0]] if keep < len(offsets) else context
+        prompt = render(context)
+        excess = count_tokens(tokenizer, prompt) - budget
+    return prompt
+
+
+def to_dataset(rows: list[dict]) -> dict[str, datasets.Dataset]:
+    """What lm-eval's custom_dataset must return: {split: Dataset}."""
+    rows = [{"qrels": [], **row} for row in rows]
+    return {"test": datasets.Dataset.from_list(rows, features=FEATURES)}
+
+
+# --- HELMET's released files ----------------------------------------------------------------------------
+
+def default_root() -> Path:
+    return Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else DEFAULT_DATA_DIR
+
+
+def data_dir(settings: Settings, task: str, synthetic: str, required: str) -> Path:
+    """HELMET's `data/` folder: --metadata data_dir, else $KVBENCH_DATA_DIR, else kvbench's download cache.
+
+    Fails with what to do when the file the task needs (`required`, relative to `data/`) is missing.
+    """
+    root = settings.data_dir or default_root()
+    for folder in (root / "data", root):  # the folder holding data/ (as unpacked) or data/ itself
+        if (folder / required).exists():
+            return folder
+    raise FileNotFoundError(
+        f"{task} reads HELMET's released data, but {required} was not found under {root}. "
+        f"Fetch it with `kvbench data fetch --dest {root}` (online; then point --metadata "
+        f"'{{\"data_dir\": \"{root}\"}}' or ${DATA_DIR_ENV} at it), or run the offline synthetic task "
+        f"{synthetic} instead (--tasks {synthetic})."
+    )
+
+
+def helmet_length(settings: Settings, task: str) -> int:
+    if settings.length not in HELMET_LENGTHS:
+        raise ValueError(
+            f"{task} reads HELMET's files, which exist for {LENGTH_KEY} in {list(HELMET_LENGTHS)}; "
+            f"got {settings.length}. Pick one of those, or use a synthetic task (any length)."
+        )
+    return HELMET_LENGTHS.index(settings.length)

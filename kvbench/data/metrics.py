@@ -1,0 +1,92 @@
+"""Per-sample metrics of the four task categories, as HELMET scores them.
+
+Every function takes the model's raw output and returns a float in [0, 1]; unparsable output scores 0,
+never raises, because a weak model (or a heavily evicted cache) produces garbage and that is a result.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+import numpy as np
+
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """HELMET's (SQuAD-style) normalisation: lower-case, drop punctuation and articles, squeeze spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def substring_exact_match(prediction: str, answers: list[str] | str) -> float:
+    """1.0 when some normalised gold answer occurs inside the normalised prediction."""
+    answers = [answers] if isinstance(answers, str) else answers
+    pred = normalize_answer(prediction)
+    return float(any(normalize_answer(a) in pred for a in answers))
+
+
+def ruler_recall(prediction: str, answers: list[str]) -> float:
+    """RULER's score: the share of gold strings found in the output (case-insensitive, no other normalisation)."""
+    if not answers:
+        raise ValueError("ruler_recall needs at least one gold string")
+    pred = prediction.lower()
+    return sum(a.lower() in pred for a in answers) / len(answers)
+
+
+def parse_label(output: str, prefix: str = "label:") -> str | None:
+    """The answer after `prefix` on its line, else the first line (HELMET's parse_output). None for empty output."""
+    match = re.search(re.escape(prefix) + r"(.*)", output, flags=re.IGNORECASE)
+    line = match[1] if match else output.strip().split("\n")[0]
+    # Chat models sometimes repeat the prefix; drop it again.
+    line = re.sub("^" + re.escape(prefix), "", line.strip(), flags=re.IGNORECASE).strip()
+    return line or None
+
+
+def label_accuracy(output: str, label: str, prefix: str = "label:") -> float:
+    """ICL accuracy: the parsed label equals the gold label after normalisation (exact match, not substring)."""
+    parsed = parse_label(output, prefix)
+    return float(parsed is not None and normalize_answer(parsed) == normalize_answer(label))
+
+
+def parse_ranking(output: str) -> list[str]:
+    """Document ids in the order given by the longest "ID3 > ID1 > ..." chain in the output (duplicates dropped).
+
+    As HELMET: brackets, colons and the word "id" are ignored, so "[ID: 3] > [ID: 1]" parses too.
+    No chain at all gives an empty ranking.
+    """
+    cleaned = re.sub(r"[\[\]:]", "", output).lower().replace("id", "")
+    chains = [m.group(0) for m in re.finditer(r"\d+(?:\s*>\s*\d+)*", cleaned)]
+    if not chains:
+        return []
+    longest = max(chains, key=len)  # first of the longest, as max keeps the earliest on ties
+    ranking: list[str] = []
+    for doc_id in (part.strip() for part in longest.split(">")):
+        if doc_id not in ranking:
+            ranking.append(doc_id)
+    return ranking
+
+
+def ndcg_at_10(output: str, qrels: dict[str, int]) -> float:
+    """NDCG@10 of the parsed ranking against graded relevance labels, with scikit-learn's DCG.
+
+    As trec_eval (which HELMET uses), documents the model did not rank earn nothing: their gain is
+    zeroed in the numerator (sklearn's `ndcg_score` would instead average gains over tied scores and give
+    unranked documents credit). The ideal DCG uses every label. Unknown ids are ignored; a query without
+    any relevant document scores 0.
+    """
+    from sklearn.metrics import dcg_score
+
+    ids = list(qrels)
+    if len(ids) < 2 or not any(qrels.values()):
+        return 0.0
+    ranking = [doc_id for doc_id in parse_ranking(output) if doc_id in qrels]
+    if not ranking:
+        return 0.0
+    position = {doc_id: len(ranking) - i for i, doc_id in enumerate(ranking)}
+    gains = np.array([[float(qrels[i]) for i in ids]])
+    earned = np.array([[float(qrels[i]) if i in position else 0.0 for i in ids]])
+    scores = np.array([[float(position.get(i, 0)) for i in ids]])
+    return float(dcg_score(earned, scores, k=10) / dcg_score(gains, gains, k=10))
