@@ -88,6 +88,19 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
+def _eval(lm_eval_args: list[str]) -> int:
+    """`kvbench eval ARGS` is `lm_eval ARGS`, run in this process with kvbench's backend and tasks visible
+    (also where the .pth hook is absent, e.g. an editable install)."""
+    from kvbench.lmeval.hook import install
+
+    install()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *lm_eval_args]  # lm-eval's CLI reads sys.argv itself
+    cli_evaluate()
+    return 0
+
+
 def _key_values(pairs: list[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -127,10 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--always-keep-window", type=int, default=64, help="chunked_keep: recent entries always kept")
     fp.add_argument("--streaming-head-share", type=float, default=0.5, help="head_mix: share of streaming heads")
     fp.set_defaults(run=_footprint)
+
+    # Dispatched in main() before parsing: every argument belongs to lm-eval, whose parser reads them.
+    commands.add_parser(
+        "eval", add_help=False,
+        help="lm-eval with kvbench's backend and tasks: `kvbench eval ARGS` = `lm_eval ARGS` (e.g. --model kvbench)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        try:
+            return _eval(argv[1:])
+        except ValueError as error:
+            print(f"kvbench: error: {error}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
