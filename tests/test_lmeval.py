@@ -133,7 +133,8 @@ def test_full_through_kvbench_answers_as_lm_evals_hf_backend(checkpoint):
     answers = {}
     for model, args in (("hf", f"pretrained={checkpoint}"), ("kvbench", f"pretrained={checkpoint},method=full")):
         out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[GEN, CHOICE], limit=3, device="cpu",
-                                      task_manager=TaskManager(include_path=str(TASKS)), log_samples=True)
+                                      task_manager=TaskManager(include_defaults=False, include_path=str(TASKS)),
+                                      log_samples=True)
         answers[model] = out
     hf, kv = answers["hf"], answers["kvbench"]
     assert [s["resps"] for s in kv["samples"][GEN]] == [s["resps"] for s in hf["samples"][GEN]]

@@ -146,10 +146,25 @@ class KVBenchLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         results = []
+        shared = None  # (inputs, log-probs, stats) of the last one-token request
         for key, context, continuation in tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood"):
-            scoring = self._score(context, continuation)
-            results.append((scoring.logprob, scoring.is_greedy))
-            self._pending_stats.append(scoring.stats)
+            if len(continuation) == 1:
+                # Multiple-choice answers of one token share their input (the context): one forward serves
+                # them all, as lm-eval's hf backend does; each request still gets the footprint it ran with.
+                inputs = self._fit(context + continuation)[:-1]
+                if shared is None or shared[0] != inputs:
+                    last = self._timed(
+                        generate, self._model, inputs, self.method, chunk_size=self.chunk_size, max_new_tokens=1,
+                        eos_token_id=[], attn=self.attn, return_logits=True,
+                    )
+                    shared = (inputs, last.logits[0].log_softmax(-1), last.stats)
+                logprobs, token = shared[1], continuation[0]
+                results.append((float(logprobs[token]), bool(logprobs.argmax() == token)))
+                self._pending_stats.append(shared[2])
+            else:
+                scoring = self._score(context, continuation)
+                results.append((scoring.logprob, scoring.is_greedy))
+                self._pending_stats.append(scoring.stats)
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, results[-1])
         return results
@@ -195,11 +210,14 @@ class KVBenchLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), str(answer))
         return results
 
+    def _fit(self, whole: list[int]) -> list[int]:
+        """As lm-eval's hf backend: the last max_length + 1 tokens of context + continuation (all but the last are fed)."""
+        return self._left_truncate(whole, self.max_length + 1, f"max_length {self.max_length} + 1")
+
     def _score(self, context: list[int], continuation: list[int]):
-        """As lm-eval's hf backend: keep the last max_length + 1 tokens of context + continuation, feed all but the last."""
         if len(continuation) > self.max_length:
             raise ValueError(f"a continuation of {len(continuation)} tokens exceeds max_length ({self.max_length})")
-        whole = self._left_truncate(context + continuation, self.max_length + 1, f"max_length {self.max_length} + 1")
+        whole = self._fit(context + continuation)
         return self._timed(
             score_continuation, self._model, whole[: len(whole) - len(continuation)], continuation, self.method,
             chunk_size=self.chunk_size, attn=self.attn,
