@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--words", type=int, default=3400, help="filler words per prompt (3400 ~ 4.2K tokens)")
     parser.add_argument("--docs", type=int, default=2, help="documents per task (--limit)")
-    parser.add_argument("--tasks", nargs="+", default=["kvbench_test_recall", "kvbench_test_choice"])
+    parser.add_argument("--tasks", nargs="+", default=["kvbench_test_recall", "kvbench_test_choice_words"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--startup-runs", type=int, default=30)
