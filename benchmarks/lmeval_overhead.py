@@ -95,13 +95,15 @@ def _same(ours, theirs) -> bool:
 
 def startup_times(runs: int) -> dict:
     """`python -c pass` with the installed hook vs the same with an empty stand-in module shadowing it
-    (PYTHONPATH comes before site-packages), so the difference is the hook's own work."""
+    (PYTHONPATH comes before site-packages), so the difference is the hook's own work. Both runs get one
+    PYTHONPATH folder (an empty one for the hook), as each sys.path entry costs start-up time too."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with tempfile.TemporaryDirectory() as stub:
+    with tempfile.TemporaryDirectory() as stub, tempfile.TemporaryDirectory() as empty:
         Path(stub, "kvbench_lmeval_hook.py").write_text("")
         walls = {"hook": [], "stub": []}
-        for _ in range(runs):
-            for name, extra in (("hook", {}), ("stub", {"PYTHONPATH": stub})):
+        pair = [("hook", {"PYTHONPATH": empty}), ("stub", {"PYTHONPATH": stub})]
+        for run in range(runs):
+            for name, extra in pair if run % 2 else pair[::-1]:  # alternate which goes first
                 start = time.perf_counter()
                 subprocess.run([sys.executable, "-c", "pass"], env={**env, **extra}, check=True)
                 walls[name].append(time.perf_counter() - start)
@@ -131,11 +133,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--startup-runs", type=int, default=30)
+    parser.add_argument("--startup-only", action="store_true", help="only the start-up figures")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
     startup = startup_times(args.startup_runs)
     print(json.dumps(startup), flush=True)
+    if args.startup_only:
+        return
     import torch
 
     torch.set_num_threads(args.threads)
