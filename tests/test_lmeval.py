@@ -175,15 +175,6 @@ def test_bad_method_parameter_is_named_with_the_methods_parameters(checkpoint, p
     assert "chunk_size" in str(error.value)  # a misspelt backend argument is recognisable too
 
 
-def test_bad_method_via_kvbench_eval_is_a_clear_error(checkpoint):
-    done = subprocess.run([str(BIN / "kvbench"), "eval", "--model", "kvbench", "--model_args",
-                           f"pretrained={checkpoint},method=nope", "--tasks", GEN, "--include_path", str(TASKS),
-                           "--device", "cpu"], capture_output=True, text=True, env=ENV, timeout=300)
-    assert done.returncode == 2
-    assert "kvbench: error: --model_args: unknown method 'nope'; known methods:" in done.stderr
-    assert "streamingllm" in done.stderr.splitlines()[-1]
-
-
 @pytest.fixture
 def backend_log(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("lm_eval"), "propagate", True)  # lm-eval's logging set-up turns it off
