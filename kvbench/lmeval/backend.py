@@ -87,6 +87,7 @@ class KVBenchLM(TemplateLM):
         self._max_length = int(max_length) if max_length else None
         self.chat_template_args: dict = {}
         self.tally = FootprintTally()
+        self._pending_stats: list = []  # per-request stats of a loglikelihood call, in request order
 
     # ---- what lm-eval's TemplateLM needs ----
 
@@ -138,7 +139,7 @@ class KVBenchLM(TemplateLM):
     # ---- requests ----
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        self._pending_stats: list = []  # _loglikelihood_tokens fills it in request order
+        self._pending_stats = []  # _loglikelihood_tokens fills it in request order
         results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         for request, stats in zip(requests, self._pending_stats, strict=True):
             self.tally.add(request.task_name, stats)
