@@ -104,6 +104,19 @@ def _data_fetch(args) -> int:
     return 0
 
 
+def _eval(lm_eval_args: list[str]) -> int:
+    """`kvbench eval ARGS` is `lm_eval ARGS`, run in this process with kvbench's backend and tasks visible
+    (also where the .pth hook is absent, e.g. an editable install)."""
+    from kvbench.lmeval.hook import install
+
+    install()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *lm_eval_args]  # lm-eval's CLI reads sys.argv itself
+    cli_evaluate()
+    return 0
+
+
 def _key_values(pairs: list[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -155,10 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--sha256", default=None, help="expected SHA-256 of data.tar.gz")
     fetch.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after unpacking")
     fetch.set_defaults(run=_data_fetch)
+
+    # Dispatched in main() before parsing: every argument belongs to lm-eval, whose parser reads them.
+    commands.add_parser(
+        "eval", add_help=False,
+        help="lm-eval with kvbench's backend and tasks: `kvbench eval ARGS` = `lm_eval ARGS` (e.g. --model kvbench)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        try:
+            return _eval(argv[1:])
+        except ValueError as error:
+            print(f"kvbench: error: {error}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

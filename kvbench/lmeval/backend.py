@@ -1,0 +1,291 @@
+"""The lm-eval model backend "kvbench": lm-eval's requests answered by the kvbench engine under a method.
+
+    lm_eval --model kvbench --model_args pretrained=PATH,method=streamingllm,window=1024,chunk_size=32768 ...
+
+Every request runs alone (a padded batch would inflate the cache and the footprint it reports), and
+its measured footprint is added to its task's tally; `get_model_info()` hands the tallies to lm-eval,
+which writes them into the results JSON as `results["config"]["kvbench"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import jinja2
+import torch
+import transformers
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, resolve_max_length
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+import kvbench
+from kvbench.engine import DEFAULT_CHUNK_SIZE, generate, score_continuation
+from kvbench.lmeval.tally import FootprintTally
+from kvbench.plugins import describe_parameters, load_method, method_class
+
+# A child of lm-eval's logger, so our lines show with lm-eval's own, in its format and at its verbosity.
+log = logging.getLogger("lm_eval.models.kvbench")
+
+BACKEND_ARGS = ("pretrained", "method", "chunk_size", "dtype", "device", "attn", "max_length", "trust_remote_code")
+DEFAULT_MAX_LENGTH = 2048  # as lm-eval's hf backend, when neither config nor tokenizer gives one
+
+
+class KVText(str):
+    """A `generate_until` answer that also carries the KV footprint measured for its request.
+
+    `footprint` is `FootprintStats.as_dict()`: a dict with keys kv_footprint, kv_peak, kv_peak_bytes,
+    kv_entries and tokens (see kvbench's README). A task's `process_results` can read it as
+    `getattr(response, "footprint", None)`: None with other backends, or when a filter rebuilt the string.
+    Everywhere else it is the plain string (comparisons, JSON, `--log_samples`).
+    """
+
+    footprint: dict | None = None
+
+    def __new__(cls, text: str, footprint: dict | None = None):
+        answer = super().__new__(cls, text)
+        answer.footprint = footprint
+        return answer
+
+
+class KVBenchLM(TemplateLM):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        method: str = "full",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        dtype: str = "auto",
+        device: str | None = None,
+        attn: str = "sdpa",
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int | str | None = 1,
+        max_batch_size: int | None = None,
+        **method_params,
+    ):
+        super().__init__()
+        if not pretrained:
+            raise ValueError("--model_args needs pretrained=PATH_OR_HUB_NAME (the model to evaluate)")
+        self.method = _load_method(method, method_params)
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer (tokens per prefill chunk); got {chunk_size!r}")
+        if attn not in ("sdpa", "flash"):
+            raise ValueError(f"attn must be sdpa or flash; got {attn!r}")
+        if str(batch_size) not in ("1", "None"):
+            log.warning(
+                f"batch_size={batch_size} accepted but kvbench runs one sequence at a time: padding a batch would "
+                "inflate the KV cache and the footprint it reports"
+            )
+        self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
+        self._device = _pick_device(device)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        self._model = transformers.AutoModelForCausalLM.from_pretrained(
+            pretrained, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
+        ).to(self._device).eval()
+        self._max_length = int(max_length) if max_length else None
+        self.chat_template_args: dict = {}
+        self.tally = FootprintTally()
+        self._pending_stats: list = []  # per-request stats of a loglikelihood call, in request order
+
+    # ---- what lm-eval's TemplateLM needs ----
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:  # the context of a loglikelihood request with an empty context
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length or resolve_max_length(self._model.config, self.tokenizer, default=DEFAULT_MAX_LENGTH)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return 256
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        options = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+        bos = self.tokenizer.bos_token
+        if add_special_tokens is None and bos and string.startswith(bos):  # a chat template already put BOS
+            options["add_special_tokens"] = False
+        return self.tokenizer.encode(string, **options)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        def render(history):
+            return self.tokenizer.apply_chat_template(
+                history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt, **self.chat_template_args,
+            )
+
+        try:
+            return render(chat_history)
+        except jinja2.exceptions.TemplateError:  # templates that refuse a system turn, as lm-eval's hf backend does
+            log.warning("the chat template failed; retrying without the system message")
+            return render([m for m in chat_history if m["role"] != "system"])
+
+    # ---- requests ----
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        self._pending_stats = []  # _loglikelihood_tokens fills it in request order
+        results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        for request, stats in zip(requests, self._pending_stats, strict=True):
+            self.tally.add(request.task_name, stats)
+        return results
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        results = []
+        shared = None  # (inputs, log-probs, stats) of the last one-token request
+        for key, context, continuation in tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood"):
+            if len(continuation) == 1:
+                # Multiple-choice answers of one token share their input (the context): one forward serves
+                # them all, as lm-eval's hf backend does; each request still gets the footprint it ran with.
+                inputs = self._fit(context + continuation)[:-1]
+                if shared is None or shared[0] != inputs:
+                    last = self._timed(
+                        generate, self._model, inputs, self.method, chunk_size=self.chunk_size, max_new_tokens=1,
+                        eos_token_id=[], attn=self.attn, return_logits=True,
+                    )
+                    shared = (inputs, last.logits[0].log_softmax(-1), last.stats)
+                logprobs, token = shared[1], continuation[0]
+                results.append((float(logprobs[token]), bool(logprobs.argmax() == token)))
+                self._pending_stats.append(shared[2])
+            else:
+                scoring = self._score(context, continuation)
+                results.append((scoring.logprob, scoring.is_greedy))
+                self._pending_stats.append(scoring.stats)
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, results[-1])
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        results = []
+        for request in tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"):
+            (text,) = request.args
+            windows = get_rolling_token_windows(
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length, context_len=1,
+            )
+            scorings = [self._score(*make_disjoint_window(window)) for window in windows]
+            results.append(sum(s.logprob for s in scorings))
+            self.tally.add(request.task_name, *[s.stats for s in scorings])  # one request, however many windows
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), results[-1])
+        return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        results = []
+        eos = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
+        for request in tqdm(requests, disable=disable_tqdm, desc="kvbench generate_until"):
+            context, gen_kwargs = request.args
+            options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = [s for s in handle_stop_sequences(options.pop("until", None), eos=eos) if s]
+            max_gen_toks = options.pop("max_gen_toks")
+            if options.get("do_sample") or options.get("temperature", 0) > 0:
+                log.warning(f"{request.task_name}: kvbench decodes greedily; ignoring sampling settings {options}")
+            budget = self.max_length - max_gen_toks
+            if budget <= 0:
+                raise ValueError(
+                    f"max_gen_toks ({max_gen_toks}) leaves no room for a prompt within max_length ({self.max_length})"
+                )
+            ids = self._left_truncate(self.tok_encode(context), budget, f"max_length {self.max_length} "
+                                      f"minus max_gen_toks {max_gen_toks}")
+            generation = self._timed(
+                generate, self._model, ids, self.method, tokenizer=self.tokenizer, chunk_size=self.chunk_size,
+                max_new_tokens=max_gen_toks, stop=until, attn=self.attn,
+            )
+            answer = KVText(generation.text, generation.stats.as_dict())
+            self.tally.add(request.task_name, generation.stats)
+            results.append(answer)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), str(answer))
+        return results
+
+    def _fit(self, whole: list[int]) -> list[int]:
+        """As lm-eval's hf backend: the last max_length + 1 tokens of context + continuation (all but the last are fed)."""
+        return self._left_truncate(whole, self.max_length + 1, f"max_length {self.max_length} + 1")
+
+    def _score(self, context: list[int], continuation: list[int]):
+        if len(continuation) > self.max_length:
+            raise ValueError(f"a continuation of {len(continuation)} tokens exceeds max_length ({self.max_length})")
+        whole = self._fit(context + continuation)
+        return self._timed(
+            score_continuation, self._model, whole[: len(whole) - len(continuation)], continuation, self.method,
+            chunk_size=self.chunk_size, attn=self.attn,
+        )
+
+    def _left_truncate(self, ids: list[int], limit: int, why: str) -> list[int]:
+        if len(ids) <= limit:
+            return ids
+        log.warning(f"left truncation: a prompt of {len(ids)} tokens was cut to its last {limit} ({why}); "
+                    f"{len(ids) - limit} tokens were cut from the left")
+        return ids[-limit:]
+
+    def _timed(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.tally.seconds += time.perf_counter() - start
+        return result
+
+    # ---- what lm-eval writes into results["config"] ----
+
+    def get_model_info(self) -> dict:
+        run = {
+            "method": self.method.name,
+            "method_params": {f.name: getattr(self.method, f.name) for f in dataclasses.fields(self.method)},
+            "chunk_size": self.chunk_size,
+            "attn": self.attn,
+            "model": self.pretrained,
+            "model_dtype": str(self._model.dtype),
+            "device": str(self._device),
+            "max_length": self.max_length,
+            "versions": {"kvbench": kvbench.__version__, "transformers": transformers.__version__,
+                         "torch": torch.__version__},
+            **self.tally.summary(),
+        }
+        if self._device.type == "cuda":
+            run["gpu_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self._device)
+        return {"kvbench": run}
+
+
+def _load_method(name: str, params: dict):
+    """lm-eval has already turned "512" into 512 and "0.5" into 0.5; give the method back the strings so
+    that kvbench's own conversion checks each parameter against its declared type."""
+    as_given = {key: value if value is None else str(value) for key, value in params.items()}
+    try:
+        return load_method(name, **as_given)
+    except ValueError as error:
+        message = str(error)
+        if not message.startswith("unknown method"):
+            cls = method_class(name)
+            if "its parameters" not in message:
+                message += f"; method {name!r} takes: {describe_parameters(cls) or 'no parameters'}"
+            message += f" (backend arguments: {', '.join(BACKEND_ARGS)})"
+        raise ValueError(f"--model_args: {message}") from None
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+        if device is not None:
+            log.warning(f"device {device!r} requested but CUDA is not available; using the CPU")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _torch_dtype(dtype):
+    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
+        return dtype or "auto"
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16; got {dtype!r}")
+    return value

@@ -1,0 +1,132 @@
+"""Lets a plain `lm_eval` command see kvbench: the `kvbench` backend and kvbench's task folder.
+
+lm-eval 0.4.13 reads no other package's entry points for models, so the installed package also
+ships this file as the top-level module `kvbench_lmeval_hook` plus `kvbench_lmeval_hook.pth`,
+whose one line imports it at interpreter start (see setup.py). It must stay cheap there: standard
+library only, no torch, no kvbench, no lm_eval. It only puts a finder on `sys.meta_path` that
+watches two lm-eval modules and, right after lm-eval has executed them:
+
+- `lm_eval.models` (lm-eval's hard-coded backend map): registers "kvbench" as a lazy placeholder.
+  Registering before that module runs would hide every built-in backend, because lm-eval only
+  imports it while its registry is empty.
+- `lm_eval.tasks.manager`: makes `TaskManager` also index kvbench's task folder, so
+  `--tasks kvbench_recall` works without `--include_path`.
+
+The finder loads nothing itself; it wraps the loader another finder returns.
+"""
+
+import sys
+
+MODEL_NAME = "kvbench"
+MODEL_TARGET = "kvbench.lmeval.backend:KVBenchLM"
+
+
+def task_folders() -> list:
+    """kvbench's task YAMLs: the installed `kvbench/tasks`, or a checkout's top-level `tasks/`.
+
+    Equivalent to `importlib.resources.files("kvbench") / "tasks"`, but found without importing
+    kvbench (which imports torch). Empty when kvbench or its tasks are not there.
+    """
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    try:
+        spec = find_spec("kvbench")
+    except (ImportError, ValueError):
+        return []
+    folders = []
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        package = Path(location)
+        candidates = [package / "tasks"]
+        if (package.parent / "pyproject.toml").is_file():  # a checkout, not site-packages
+            candidates.append(package.parent / "tasks")
+        folders += [str(c) for c in candidates if c.is_dir() and any(c.rglob("*.yaml")) and str(c) not in folders]
+    return folders
+
+
+def register_model(models_module=None) -> None:
+    from lm_eval.api.registry import model_registry
+
+    if MODEL_NAME not in model_registry:
+        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+
+
+def patch_task_manager(manager_module) -> None:
+    """Wrap TaskManager.__init__ so kvbench's folders come before any --include_path (which may override them)."""
+    import functools
+    import inspect
+
+    cls = getattr(manager_module, "TaskManager", None)
+    if cls is None or getattr(cls.__init__, "_kvbench_tasks", False):
+        return
+    original = cls.__init__
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        if arguments.get("include_defaults", True):  # include_defaults=False asks for exactly include_path
+            given = arguments.get("include_path")
+            given = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+            extra = [f for f in task_folders() if f not in map(str, given)]
+            if extra:
+                arguments["include_path"] = extra + given
+        original(*bound.args, **bound.kwargs)
+
+    __init__._kvbench_tasks = True
+    cls.__init__ = __init__
+
+
+WATCHED = {"lm_eval.models": register_model, "lm_eval.tasks.manager": patch_task_manager}
+
+
+class _WrappedLoader:
+    def __init__(self, loader, callback):
+        self.loader, self.callback = loader, callback
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        try:
+            self.callback(module)
+        except Exception as error:  # never break lm-eval itself because of kvbench
+            print(f"kvbench: lm-eval hook failed ({type(error).__name__}: {error}); "
+                  f"`--model kvbench` may be unavailable", file=sys.stderr)
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ... of the real loader
+        return getattr(self.loader, name)
+
+
+class AfterImportFinder:
+    """A meta-path finder that finds nothing itself: it wraps the real loader of a watched module."""
+
+    def find_spec(self, name, path=None, target=None):
+        callback = WATCHED.get(name)
+        if callback is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _WrappedLoader(spec.loader, callback)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Idempotent. Modules lm-eval has already imported get their callback now."""
+    if not any(type(f).__name__ == AfterImportFinder.__name__ for f in sys.meta_path):
+        sys.meta_path.insert(0, AfterImportFinder())
+    for name, callback in WATCHED.items():
+        if name in sys.modules:
+            callback(sys.modules[name])
+
+
+if __name__ == "kvbench_lmeval_hook":  # imported by the .pth file at interpreter start
+    install()

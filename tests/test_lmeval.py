@@ -1,0 +1,268 @@
+"""The lm-eval backend: the real `lm_eval` command with `--model kvbench`, parity with lm-eval's `hf`
+backend, footprints checked against the engine, bad input, and the start-up import hook.
+
+Runs against the installed (non-editable) package, as `scripts/dev.sh` sets it up; the tiny checkpoint
+is a random-weight Llama saved locally, the tasks are in tests/data/lmeval_tasks (offline data).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoints import save_tiny_checkpoint
+
+from kvbench.engine import generate, score_continuation
+from kvbench.methods.streamingllm import StreamingLLM
+
+TASKS = Path(__file__).parent / "data" / "lmeval_tasks"
+BIN = Path(sys.executable).parent
+GEN, CHOICE = "kvbench_test_recall", "kvbench_test_choice"
+STREAMING = "method=streamingllm,sink=4,window=16,chunk_size=32"
+# One thread: on a shared 2-core machine torch's second thread mostly waits (tiny models, 40x slower).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+def run_lm_eval(command: list[str], model: str, model_args: str, out: Path, *extra: str):
+    """Run lm-eval's CLI (`lm_eval` or `kvbench eval`) on both test tasks; return (results JSON, samples)."""
+    args = [*command, "--model", model, "--model_args", model_args, "--tasks", f"{GEN},{CHOICE}",
+            "--include_path", str(TASKS), "--limit", "2", "--device", "cpu", "--output_path", str(out),
+            "--log_samples", *extra]
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [results] = glob.glob(str(out / "*" / "results_*.json"))
+    samples = {task: [json.loads(line) for line in open(glob.glob(str(out / "*" / f"samples_{task}_*.jsonl"))[0])]
+               for task in (GEN, CHOICE)}
+    return json.load(open(results)), samples, done.stderr
+
+
+@pytest.fixture(scope="module")
+def streaming_run(checkpoint, tmp_path_factory):
+    return run_lm_eval([str(BIN / "lm_eval")], "kvbench", f"pretrained={checkpoint},{STREAMING}",
+                       tmp_path_factory.mktemp("streaming"))
+
+
+def test_lm_eval_command_reports_footprint_per_task(streaming_run):
+    results, samples, _ = streaming_run
+    run = results["config"]["kvbench"]
+    assert run["method"] == "streamingllm" and run["method_params"] == {"sink": 4, "window": 16}
+    assert run["chunk_size"] == 32 and run["versions"]["torch"] == torch.__version__
+    assert run["wall_time_s"] > 0 and run["tokens_per_second"] > 0
+    assert run["tasks"][GEN]["requests"] == 2  # --limit 2 generations
+    assert run["tasks"][CHOICE]["requests"] == 8  # 2 docs x 4 choices, one loglikelihood request each
+    for task in (GEN, CHOICE):
+        stats = run["tasks"][task]
+        assert 0 < stats["kv_footprint"] < 1 and 0 < stats["kv_peak"] < 1  # prompts are longer than 4 + 16
+        assert stats["kv_peak_bytes"] > 0
+    # The per-sample footprint travels on the answer (KVText.footprint) into the task's own metric.
+    assert results["results"][GEN]["sample_kv_footprint,none"] == pytest.approx(run["tasks"][GEN]["kv_footprint"])
+    assert all(0 < s["sample_kv_footprint"] < 1 for s in samples[GEN])
+
+
+def test_task_footprint_is_the_mean_of_its_requests_measured_by_the_engine(streaming_run, checkpoint):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    results, samples, _ = streaming_run
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    method = StreamingLLM(sink=4, window=16)
+    generations = [
+        generate(model, tokenizer.encode(s["arguments"]["gen_args_0"]["arg_0"]), method, tokenizer=tokenizer,
+                 chunk_size=32, max_new_tokens=8, stop=["\n", ".", "</s>"])
+        for s in samples[GEN]
+    ]
+    assert [g.text for g in generations] == [s["resps"][0][0] for s in samples[GEN]]
+    scorings = []
+    for sample in samples[CHOICE]:
+        for arguments in sample["arguments"].values():
+            context, continuation = arguments["arg_0"], arguments["arg_1"]
+            context_ids = tokenizer.encode(context)
+            whole = tokenizer.encode(context + continuation)
+            scorings.append(score_continuation(model, context_ids, whole[len(context_ids):], method, chunk_size=32))
+    tasks = results["config"]["kvbench"]["tasks"]
+    for task, stats in ((GEN, [g.stats for g in generations]), (CHOICE, [s.stats for s in scorings])):
+        for key in ("kv_footprint", "kv_peak", "kv_peak_bytes"):
+            mean = sum(getattr(s, key) for s in stats) / len(stats)
+            assert tasks[task][key] == pytest.approx(mean, rel=1e-9), (task, key)
+    assert len({s.stats.kv_footprint for s in scorings}) > 1  # a real mean over different requests
+
+
+def test_plain_hf_backend_still_works_and_kvbench_eval_gives_the_same_result(
+    streaming_run, checkpoint, tmp_path_factory
+):
+    hf, _, _ = run_lm_eval([str(BIN / "lm_eval")], "hf", f"pretrained={checkpoint}", tmp_path_factory.mktemp("hf"))
+    assert set(hf["results"]) == {GEN, CHOICE} and "kvbench" not in hf["config"]
+
+    results, samples, _ = streaming_run
+    again, again_samples, _ = run_lm_eval([str(BIN / "kvbench"), "eval"], "kvbench",
+                                          f"pretrained={checkpoint},{STREAMING}", tmp_path_factory.mktemp("eval"))
+    assert again["results"] == results["results"]
+    for key in ("method", "method_params", "chunk_size", "tasks", "tokens"):
+        assert again["config"]["kvbench"][key] == results["config"]["kvbench"][key]
+    assert [s["resps"] for s in again_samples[GEN]] == [s["resps"] for s in samples[GEN]]
+
+
+def test_full_through_kvbench_answers_as_lm_evals_hf_backend(checkpoint):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from kvbench.lmeval.hook import install
+
+    install()
+    answers = {}
+    for model, args in (("hf", f"pretrained={checkpoint}"), ("kvbench", f"pretrained={checkpoint},method=full")):
+        out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[GEN, CHOICE], limit=3, device="cpu",
+                                      task_manager=TaskManager(include_defaults=False, include_path=str(TASKS)),
+                                      log_samples=True)
+        answers[model] = out
+    hf, kv = answers["hf"], answers["kvbench"]
+    assert [s["resps"] for s in kv["samples"][GEN]] == [s["resps"] for s in hf["samples"][GEN]]
+    assert any(s["resps"][0][0] for s in hf["samples"][GEN])  # not trivially empty answers
+    for ours, theirs in zip(kv["samples"][CHOICE], hf["samples"][CHOICE], strict=True):
+        for (lp, greedy), (lp_hf, greedy_hf) in zip(
+            [r[0] for r in ours["resps"]], [r[0] for r in theirs["resps"]], strict=True
+        ):
+            assert float(lp) == pytest.approx(float(lp_hf), abs=1e-4) and greedy == greedy_hf
+    assert kv["results"][CHOICE]["acc,none"] == hf["results"][CHOICE]["acc,none"]
+    assert kv["config"]["kvbench"]["tasks"][CHOICE]["kv_footprint"] == pytest.approx(1.0)
+
+
+# ---- bad input, truncation, batch size, chat template: the backend in this process ----
+
+
+def backend(checkpoint, **args):
+    from kvbench.lmeval.backend import KVBenchLM
+
+    return KVBenchLM(pretrained=str(checkpoint), **args)
+
+
+def test_unknown_method_lists_the_known_ones(checkpoint):
+    with pytest.raises(ValueError, match="unknown method 'snapkvv'; known methods: .*full.*streamingllm"):
+        backend(checkpoint, method="snapkvv")
+
+
+@pytest.mark.parametrize("params, named", [
+    ({"windw": 16}, "no parameter 'windw'"),
+    ({"window": "many"}, "parameter 'window' of method 'streamingllm' must be int"),
+    ({"window": 1.5}, "parameter 'window' of method 'streamingllm' must be int"),  # lm-eval parsed "1.5"
+])
+def test_bad_method_parameter_is_named_with_the_methods_parameters(checkpoint, params, named):
+    with pytest.raises(ValueError) as error:
+        backend(checkpoint, method="streamingllm", **params)
+    assert named in str(error.value)
+    assert "sink (default 128)" in str(error.value) and "window (default 1024)" in str(error.value)
+    assert "chunk_size" in str(error.value)  # a misspelt backend argument is recognisable too
+
+
+@pytest.fixture
+def backend_log(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("lm_eval"), "propagate", True)  # lm-eval's logging set-up turns it off
+    caplog.set_level(logging.INFO, logger="lm_eval.models.kvbench")
+    return caplog
+
+
+def instance(request_type, arguments, task="t"):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type, doc={}, arguments=arguments, idx=0, metadata=(task, 0, 1))
+
+
+def test_long_prompt_is_left_truncated_with_a_warning_saying_how_much(checkpoint, backend_log):
+    lm = backend(checkpoint, max_length=64)
+    prompt = "Question: what is the value of key 42? Answer: 17. " * 12
+    ids = lm.tok_encode(prompt)
+    assert len(ids) > 64
+    [answer] = lm.generate_until([instance("generate_until", (prompt, {"until": ["\n"], "max_gen_toks": 8}))])
+    expected = generate(lm.model, ids[-56:], lm.method, tokenizer=lm.tokenizer, max_new_tokens=8, stop=["\n", "</s>"])
+    assert answer == expected.text and answer.footprint["tokens"] == expected.stats.tokens
+    assert f"{len(ids) - 56} tokens were cut from the left" in backend_log.text
+    assert f"a prompt of {len(ids)} tokens" in backend_log.text
+
+    backend_log.clear()
+    context = prompt.rstrip()  # lm-eval moves a context's trailing spaces into the continuation
+    [(logprob, _)] = lm.loglikelihood([instance("loglikelihood", (context, " 17."))])
+    whole = lm.tok_encode(context + " 17.")
+    continuation = whole[len(lm.tok_encode(context)):]
+    kept = whole[-65:]
+    direct = score_continuation(lm.model, kept[: -len(continuation)], continuation, lm.method)
+    assert logprob == pytest.approx(direct.logprob, abs=1e-5)
+    assert f"{len(whole) - 65} tokens were cut from the left" in backend_log.text
+
+
+def test_a_larger_batch_size_is_explained_once_and_never_padded(checkpoint, backend_log):
+    lm = backend(checkpoint, batch_size="8", method="streamingllm", window=16, sink=4)
+    lines = [r.message for r in backend_log.records if "batch_size" in r.message]
+    assert len(lines) == 1 and "one sequence at a time" in lines[0]
+    prompts = ["The quick brown fox jumps over the lazy dog. " * k for k in (2, 6)]
+    answers = lm.generate_until([instance("generate_until", (p, {"until": ["\n"], "max_gen_toks": 4}))
+                                 for p in prompts])
+    # each request ran at its own length: no padding to the longest
+    assert [a.footprint["tokens"] for a in answers] == [len(lm.tok_encode(p)) + 3 for p in prompts]
+    assert lm.get_model_info()["kvbench"]["tasks"]["t"]["requests"] == 2
+
+
+def test_chat_template_is_applied_as_lm_evals_hf_backend_does(checkpoint):
+    lm = backend(checkpoint)
+    lm.tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}" \
+                                 "{% if add_generation_prompt %}<assistant>{% endif %}"
+    history = [{"role": "user", "content": "What is 2+2?"}]
+    assert lm.chat_template(True) == lm.tokenizer.chat_template
+    assert lm.apply_chat_template(history) == "<user>What is 2+2?\n<assistant>"
+    assert lm.tokenizer_name == str(checkpoint).replace("/", "__")
+
+
+# ---- the start-up hook ----
+
+
+def test_interpreter_start_imports_no_kvbench_torch_or_lm_eval():
+    code = "import sys; print(' '.join(sorted(sys.modules)))"
+    modules = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV).stdout.split()
+    assert "kvbench_lmeval_hook" in modules  # the .pth hook is installed and ran
+    heavy = [m for m in modules if m.split(".")[0] in ("kvbench", "torch", "lm_eval", "transformers")]
+    assert heavy == []
+
+
+def test_hook_registers_kvbench_after_lm_evals_own_backends(tmp_path):
+    code = ("from lm_eval.api.registry import get_model, model_registry\n"
+            "print(get_model('hf').__name__, get_model('kvbench').__name__, len(model_registry))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    hf, ours, count = done.stdout.split()
+    assert (hf, ours) == ("HFLM", "KVBenchLM") and int(count) > 30  # every built-in backend is still there
+
+
+def test_hook_makes_kvbench_tasks_visible_to_the_task_manager(tmp_path):
+    # A stand-in kvbench on PYTHONPATH with a task folder, as the installed package will ship kvbench/tasks/.
+    (tmp_path / "kvbench" / "tasks" / "recall").mkdir(parents=True)
+    (tmp_path / "kvbench" / "__init__.py").write_text("")
+    folder = tmp_path / "kvbench" / "tasks" / "recall"
+    (folder / "t.yaml").write_text((TASKS / f"{GEN}.yaml").read_text().replace(GEN, "kvbench_hook_probe"))
+    (folder / "kvbench_test_data.py").write_text((TASKS / "kvbench_test_data.py").read_text())
+    code = ("from lm_eval.tasks import TaskManager\n"
+            "print('kvbench_hook_probe' in TaskManager().all_tasks, "
+            "'kvbench_hook_probe' in TaskManager(include_defaults=False, include_path=[]).all_tasks)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**ENV, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
