@@ -266,3 +266,23 @@ def test_hook_makes_kvbench_tasks_visible_to_the_task_manager(tmp_path):
                           env={**ENV, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_kvbench_synthetic_tasks_run_end_to_end_through_plain_lm_eval(checkpoint, tmp_path):
+    """`lm_eval --model kvbench --tasks kvbench_synth`: kvbench's own tasks, found with no --include_path,
+    generated offline with the model's tokenizer, each sample carrying its measured footprint."""
+    args = [str(BIN / "lm_eval"), "--model", "kvbench", "--tasks", "kvbench_synth", "--limit", "2",
+            "--model_args", f"pretrained={checkpoint},method=snapkv,keep=0.3,recent=8,obs_window=8,chunk_size=128",
+            "--metadata", json.dumps({"context_length": 1024, "num_samples": 2}),
+            "--device", "cpu", "--output_path", str(tmp_path), "--log_samples"]
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [results] = glob.glob(str(tmp_path / "*" / "results_*.json"))
+    results = json.load(open(results))
+    synthetic = ["kvbench_synth_recall", "kvbench_synth_rag", "kvbench_synth_rerank", "kvbench_synth_icl"]
+    tallies = results["config"]["kvbench"]["tasks"]
+    for task in synthetic:
+        assert 0 < tallies[task]["kv_footprint"] < 1 and tallies[task]["requests"] == 2
+        [samples] = glob.glob(str(tmp_path / "*" / f"samples_{task}_*.jsonl"))
+        per_sample = [json.loads(line)["kv_footprint"] for line in open(samples)]
+        assert sum(per_sample) / 2 == pytest.approx(tallies[task]["kv_footprint"], abs=1e-9)
