@@ -92,7 +92,7 @@ def save_model(directory: Path) -> None:
     """A small GQA Llama with random weights (fp32, sdpa), saved for both libraries to load."""
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+        vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
         num_key_value_heads=2, max_position_embeddings=32768, attn_implementation="sdpa",
     )
     LlamaForCausalLM(config).save_pretrained(directory)
@@ -194,11 +194,15 @@ def overlap(model, ids, worker, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=2048, help="kvbench snapkv chunked")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same on both sides")
     parser.add_argument("--json", default="vs_kvpress.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: torch.profiler of kvbench full vs the plain model at the first length")
     args = parser.parse_args()
+    if args.profile:
+        return profile(args.lengths[0], args.threads)
 
     python = kvpress_python()
     transformers.utils.logging.disable_progress_bar()
@@ -218,7 +222,7 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s) per side, {platform.system()}",
         "kvbench_side": {"torch": torch.__version__, "transformers": transformers.__version__},
         "kvpress_side": versions,
-        "model": "Llama, 4 layers, hidden 512, 8 query / 2 KV heads, head_dim 64, random fp32 weights",
+        "model": "Llama, 4 layers, hidden 256, 8 query / 2 KV heads, head_dim 32, random fp32 weights",
         "new_tokens": NEW_TOKENS, "keep": KEEP, "chunk_size_chunked": args.chunk_size,
         "timing": [], "memory": [], "per_head": [], "overlap": [],
     }
@@ -308,6 +312,36 @@ def main() -> None:
     worker.close()
     Path(args.json).write_text(json.dumps(report, indent=1))
     print_table(report)
+
+
+def profile(length: int, threads: int) -> None:
+    """Where the time goes: kvbench `full` and post-fill `snapkv` (generate) against the plain model's loop,
+    same prompt, same model.
+    Prints the top operators by self CPU time, and the total, for each (after one warm-up run of each)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.set_num_threads(threads)
+    workdir = Path(tempfile.mkdtemp(prefix="kvbench-profile-"))
+    save_model(workdir / "model")
+    model = LlamaForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32).eval()
+    ids = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(length))
+    runs = {
+        "hf": lambda: hf_run(model, ids),
+        "kvbench_full": lambda: generate(model, ids, load_method("full"), chunk_size=length,
+                                         max_new_tokens=NEW_TOKENS, eos_token_id=[]),
+        "kvbench_snapkv_postfill": lambda: generate(
+            model, ids, load_method("snapkv", keep=KEEP, schedule="postfill"), chunk_size=length,
+            max_new_tokens=NEW_TOKENS, eos_token_id=[]),
+    }
+    for name, fn in runs.items():
+        fn()  # warm-up
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - start
+        print(f"\n== {name}: {wall:.3f} s wall ({length} tokens + {NEW_TOKENS} new, under the profiler)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def print_table(report: dict) -> None:
