@@ -133,19 +133,17 @@ def kvbench_prefill(model, ids, name, params, chunk) -> KVCache:
 
 
 def kept_positions_kvpress(full_keys, kept_keys) -> list[torch.Tensor]:
-    """Positions of the entries a kvpress cache holds, found by matching its keys against the full cache's
-    keys of the same worker run (kvpress stores no positions; keys are unique vectors under random weights)."""
+    """Positions of the entries a kvpress cache holds, found by matching its keys bit-for-bit against the full
+    cache's keys of the same worker run (kvpress stores no positions; keys are unique vectors under random weights)."""
     found = []
-    probe = torch.randn(full_keys[0].shape[-1], generator=torch.Generator().manual_seed(1), dtype=full_keys[0].dtype)
     for full, kept in zip(full_keys, kept_keys):  # per layer: [h, T, d] and [h, n, d]
         heads = []
         for h in range(full.shape[0]):
-            keys_full, order = (full[h] @ probe).sort()
-            where = torch.searchsorted(keys_full, kept[h] @ probe).clamp(max=len(order) - 1)
-            positions = order[where]
-            if not torch.equal(full[h][positions], kept[h]):
+            index = {row.numpy().tobytes(): i for i, row in enumerate(full[h])}
+            positions = [index.get(row.numpy().tobytes()) for row in kept[h]]
+            if None in positions or len(set(positions)) != len(positions):
                 raise RuntimeError("could not match kvpress's kept keys to the full cache's")
-            heads.append(positions.sort().values)
+            heads.append(torch.tensor(sorted(positions)))
         found.append(torch.stack(heads))
     return found
 
@@ -224,7 +222,7 @@ def main() -> None:
         "kvpress_side": versions,
         "model": "Llama, 4 layers, hidden 256, 8 query / 2 KV heads, head_dim 32, random fp32 weights",
         "new_tokens": NEW_TOKENS, "keep": KEEP, "chunk_size_chunked": args.chunk_size,
-        "timing": [], "memory": [], "per_head": [], "overlap": [],
+        "timing": [], "memory": [], "overlap": [],  # memory holds the per-head-budget cases too
     }
     for length in args.lengths:
         ids = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(length))
@@ -305,6 +303,7 @@ def main() -> None:
                 value["attended_vs_full"] = round(entries / memory["kvbench_full"]["held_entries"], 4)
         report["memory"].append(memory)
         print(json.dumps(memory), flush=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))  # so far: a late failure keeps the figures
 
     for length in args.lengths:
         report["overlap"].append(overlap(model, torch.load(workdir / f"ids_{length}.pt"), worker, workdir))
