@@ -1,0 +1,88 @@
+"""benchmarks/gpu_check.sh runs end to end on CPU with its tiny config, and its figures hang together."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {"hf", "full_one_chunk", "full", "snapkv_postfill", "snapkv_chunked", "duoattention"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check") / "check.json"
+    env = dict(os.environ, KVBENCH_GPU_CHECK_TINY="1", PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--decode", "4", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "prefill tok/s" in done.stdout  # the table was printed
+    return json.loads(out.read_text())
+
+
+def rows(report, length):
+    return {r["case"]: r for r in report["rows"] if r["tokens"] == length}
+
+
+def test_every_case_ran_at_every_length(report):
+    assert report["tiny"] is True
+    lengths = sorted({r["tokens"] for r in report["rows"]})
+    assert lengths == [256, 512]
+    for length in lengths:
+        got = rows(report, length)
+        assert set(got) == CASES
+        for row in got.values():
+            assert "skipped" not in row
+            assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
+
+
+def test_full_attention_is_the_plain_model(report):
+    for length in (256, 512):
+        got = rows(report, length)
+        # Same greedy tokens as transformers (random bf16 weights: the first ones at least).
+        assert got["full_one_chunk"]["first_tokens"][:2] == got["hf"]["first_tokens"][:2]
+        assert got["full"]["prefill_vs_hf"] > 0
+        # full attention holds exactly what the plain model's DynamicCache holds.
+        assert got["full_one_chunk"]["kv_bytes_after_prompt"] == got["hf"]["kv_bytes_after_prompt"]
+        assert got["full"]["kv_footprint"] == pytest.approx(1.0)
+
+
+def test_eviction_shows_in_the_ledger(report):
+    config = report["config"]
+    for length in (256, 512):
+        got = rows(report, length)
+        entry = 2 * config["head_dim"] * 2  # K and V, bf16
+        full_kv = config["num_hidden_layers"] * config["num_key_value_heads"] * length * entry
+        assert got["full"]["kv_bytes_after_prompt"] == full_kv
+        # decode steps append to the full cache: the peak is the prompt's plus the fed decode tokens
+        assert got["full"]["kv_peak_bytes"] == full_kv * (length + 4) // length
+        # post-fill holds every layer's whole prompt before it evicts that layer (layers in order), so its
+        # peak stays below full attention's; chunked eviction's is lower still once the prompt spans
+        # several chunks (4 at 512 tokens; with 2 tiny chunks of 128, the 64 recent entries kept per chunk
+        # make chunked keep 80% of each, and its peak exceeds post-fill's)
+        assert got["snapkv_postfill"]["kv_peak_bytes"] < full_kv
+        if length // report["chunk_size"] >= 4:
+            assert got["snapkv_chunked"]["kv_peak_bytes"] < got["snapkv_postfill"]["kv_peak_bytes"]
+        # keep 0.3 counts the share of the prompt (post-fill) or of each chunk (chunked), plus 64 recent
+        heads = config["num_hidden_layers"] * config["num_key_value_heads"]
+        chunk = report["chunk_size"]
+        postfill = round(0.3 * length) + 64
+        chunked = sum(min(round(0.3 * c) + 64, c) for c in [chunk] * (length // chunk))
+        assert got["snapkv_postfill"]["kv_bytes_after_prompt"] == heads * postfill * entry
+        assert got["snapkv_chunked"]["kv_bytes_after_prompt"] == heads * chunked * entry
+        # 70% of the (layer, KV head) pairs stream: they hold sink + window entries, the rest the whole prompt
+        streaming = round(report["streaming_share"] * heads)
+        sink, window = report["duo_sink_window"]
+        duo = (streaming * (sink + window) + (heads - streaming) * length) * entry
+        assert got["duoattention"]["kv_bytes_after_prompt"] == duo
+
+
+def test_cpu_has_no_gpu_memory_figures(report):
+    assert all(r["peak_allocated"] is None and r["measured_vs_expected"] is None for r in report["rows"])
