@@ -65,7 +65,7 @@ def _attend(query, group, scaling, sliding_window, cache):
     elif new == held:
         mask, is_causal = None, True  # nothing held before this chunk: plain causal
     else:
-        mask, is_causal = _causal_mask(new, held, query.device), False
+        mask, is_causal = _step_mask(cache, new, held, query.dtype, query.device), False
     return F.scaled_dot_product_attention(
         query, keys, values, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=gqa
     )
@@ -74,6 +74,16 @@ def _attend(query, group, scaling, sliding_window, cache):
 def _causal_mask(new: int, held: int, device) -> torch.Tensor:
     """[new, held] bool: all earlier held entries, and the step's own entries up to each query."""
     return torch.ones(new, held, dtype=torch.bool, device=device).tril(diagonal=held - new)
+
+
+def _step_mask(cache, new: int, held: int, dtype, device) -> torch.Tensor:
+    """The causal mask as an additive one (0 or -inf: a bool mask is converted on every sdpa call),
+    built once per step and shared by every layer and group holding as many entries."""
+    key = (new, held, dtype, device)
+    if key not in cache.step_masks:
+        mask = torch.zeros(new, held, dtype=dtype, device=device)
+        cache.step_masks[key] = mask.masked_fill_(~_causal_mask(new, held, device), float("-inf"))
+    return cache.step_masks[key]
 
 
 def _sliding_window_mask(key_positions, query_positions, window, query_heads):

@@ -115,6 +115,8 @@ class KVCache(Cache):
         self.phase = Phase(is_decode=False)
         self.positions: torch.Tensor | None = None  # of the step being run, [c + scoring]
         self.scoring = 0  # the step's last tokens that only score (patched schedule), dropped after
+        # Scratch for the attention function: masks built once per step, shared by the layers.
+        self.step_masks: dict = {}
 
     def begin_step(self, phase: Phase, positions: torch.Tensor, scoring: int = 0) -> None:
         """Called by the engine before each forward: what the step is and its tokens' true positions.
@@ -125,6 +127,7 @@ class KVCache(Cache):
         self.phase = phase
         self.positions = positions
         self.scoring = scoring
+        self.step_masks.clear()
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """Append the step's K,V [1, kv_heads, c, d] to each head group; return them unchanged.
