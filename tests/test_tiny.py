@@ -111,3 +111,17 @@ def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(mo
     chunked = evaluate.evaluate(model, tokenizer, "synth_recall", lambda: SnapKV(keep=0.05, schedule="chunked"),
                                 chunk_size=CHUNK, prompts=recall_prompts)
     assert chunked.score < 0.5 * full_recall.score
+
+
+def test_demo_prints_and_writes_a_table_for_every_method(tmp_path, capsys):
+    from kvbench.cli import main
+    from kvbench.tiny import demo
+
+    out = tmp_path / "demo.md"
+    assert main(["demo", "--samples", "1", "--tasks", "synth_recall", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table in capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [row.split(" | ")[0][2:] for row in rows] == [name for name, _ in demo.RUNS]
+    full = rows[0].split(" | ")[2]
+    assert full.startswith("1.00 (1.00)")  # the baseline finds the needle at footprint 1
