@@ -92,7 +92,8 @@ def test_quality_at_full_attention(model_and_tokenizer, task, threshold):
     assert result.score >= threshold, result
 
 
-def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(model_and_tokenizer, recall_prompts, full_recall):
+def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(model_and_tokenizer, recall_prompts,
+                                                                       full_recall):
     model, tokenizer = model_and_tokenizer
     streaming = evaluate.evaluate(model, tokenizer, "synth_recall", lambda: StreamingLLM(sink=4, window=128),
                                   chunk_size=CHUNK, prompts=recall_prompts)

@@ -178,7 +178,7 @@ def kernel_amplitudes(inside: int, horizon: int = MAX_CONTEXT) -> tuple[np.ndarr
 
 
 def positional_query(amps: np.ndarray, center: float) -> np.ndarray:
-    """Query (on the rotary dims) that, against the constant key of `positional_key`, scores sum_i A_i cos(theta_i (dist - center))."""
+    """Query on the rotary dims that, against a constant key, scores sum_i A_i cos(theta_i (distance - center))."""
     theta = thetas()[:POSITIONAL_PAIRS]
     q = np.zeros(HEAD_DIM)
     # HF rotary pairs dims i and i + HEAD_DIM/2; a query phase of -theta*center centres the kernel on `center`.
@@ -322,7 +322,8 @@ def build_weights(vocab: list[str]) -> tuple[Weights, dict]:
     out_scale = 30.0
     for t, token in enumerate(vocab):
         if token in NUMBERS:
-            w.lm_head[t, LAYOUT["out_num"]] = out_scale * num_features(token) * w.rms / np.sqrt(3 if len(token) == 2 else 2)
+            features = num_features(token)  # unit-normalised, so a chunk sharing one digit scores less
+            w.lm_head[t, LAYOUT["out_num"]] = out_scale * features * w.rms / np.linalg.norm(features)
         elif token in WORDS:
             w.lm_head[t, LAYOUT["out_word"].start + WORDS.index(token)] = out_scale * w.rms
         elif token == "\n":

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     for task in args.tasks:
         r = evaluate(model, tokenizer, task, lambda: kvbench.load_method(name, **params), length=args.length,
                      num_samples=args.samples, chunk_size=args.chunk_size)
-        print(f"{task:14s} length {args.length} score {r.score:.3f} (chance {chance(task, tokenizer, args.length):.3f}) "
+        guess = chance(task, tokenizer, args.length)
+        print(f"{task:14s} length {args.length} score {r.score:.3f} (chance {guess:.3f}) "
               f"kv_footprint {r.kv_footprint:.3f} kv_peak {r.kv_peak:.3f} n={r.samples}")
     return 0
 
