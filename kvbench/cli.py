@@ -174,7 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", add_help=False,
         help="lm-eval with kvbench's backend and tasks: `kvbench eval ARGS` = `lm_eval ARGS` (e.g. --model kvbench)",
     )
+
+    demo = commands.add_parser("demo", help="offline: a small sweep on the bundled tiny model, a footprint/score table")
+    demo.add_argument("--length", type=int, default=1024, help="context length in tokens (default 1024)")
+    demo.add_argument("--samples", type=int, default=3, help="samples per task (default 3)")
+    demo.add_argument("--chunk-size", type=int, default=256, help="prefill chunk size (default 256)")
+    demo.add_argument("--tasks", nargs="*", choices=["synth_recall", "synth_rag", "synth_rerank", "synth_icl"])
+    demo.add_argument("--out", help="also write the table as Markdown to this file")
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _demo(args) -> int:
+    from kvbench.tiny import demo
+
+    tasks = args.tasks or list(demo.CATEGORIES)
+    _, table = demo.run(length=args.length, samples=args.samples, chunk_size=args.chunk_size, tasks=tasks, out=args.out)
+    print(table, end="")
+    if args.out:
+        print(f"written to {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,33 @@
+"""kvbench-tiny: a 2-layer Llama checkpoint bundled with the package, built by `python -m kvbench.tiny.build`.
+
+Its weights are set by construction to look facts up in its context (see build.py and MODEL_CARD.md), so
+its answers depend on what the KV cache keeps. Load it offline as `pretrained=kvbench-tiny`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "kvbench-tiny"
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+CONTEXT_LENGTH = 16384  # what its positional heads were designed for (build.MAX_CONTEXT)
+
+
+def resolve_pretrained(name: str) -> str:
+    """The bundled checkpoint's directory for "kvbench-tiny"; any other name is returned unchanged."""
+    if name != NAME:
+        return name
+    if not (MODEL_DIR / "model.safetensors").exists():
+        raise FileNotFoundError(f"the bundled {NAME} checkpoint is missing from {MODEL_DIR}; "
+                                "rebuild it with `python -m kvbench.tiny.build`")
+    return str(MODEL_DIR)
+
+
+def load(dtype=None):
+    """(model, tokenizer) of kvbench-tiny, in float32 unless told otherwise (its attention logits are large)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_pretrained(NAME)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(path)

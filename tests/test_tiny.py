@@ -1,0 +1,128 @@
+"""kvbench-tiny: bundled, loadable offline, measured quality, and answers that depend on what the cache keeps.
+
+Everything is measured through kvbench.generate on fixed-seed synthetic prompts (a small sample: CI time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvbench import tiny
+from kvbench.methods.snapkv import SnapKV
+from kvbench.methods.streamingllm import StreamingLLM
+from kvbench.tiny import evaluate
+
+LENGTH = 1024  # the context the thresholds are asserted at (the model card reports longer ones too)
+SAMPLES = 8
+CHUNK = 256  # chunked prefill, so the eviction schedule matters
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
+    try:
+        yield tiny.load()
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE")
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+@pytest.fixture(scope="module")
+def recall_prompts(model_and_tokenizer):
+    return evaluate.samples("synth_recall", model_and_tokenizer[1], LENGTH, SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def full_recall(model_and_tokenizer, recall_prompts):
+    model, tokenizer = model_and_tokenizer
+    return evaluate.evaluate(model, tokenizer, "synth_recall", None, chunk_size=CHUNK, prompts=recall_prompts)
+
+
+def test_resolver_gives_the_bundled_checkpoint_and_leaves_other_names_alone():
+    path = Path(tiny.resolve_pretrained("kvbench-tiny"))
+    assert path == tiny.MODEL_DIR
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (path / name).is_file(), name
+    assert sum(f.stat().st_size for f in path.iterdir()) <= 25 * 2**20
+    assert tiny.resolve_pretrained("/some/other/model") == "/some/other/model"
+
+
+def test_it_is_a_standard_llama_checkpoint_with_gqa_and_rope(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    config = json.loads((tiny.MODEL_DIR / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
+    assert model.config.rope_parameters["rope_type"] == "default"
+    assert model.config.max_position_embeddings >= LENGTH
+    ids = tokenizer("Key: abcd\nValue: 1234")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "Key: abcd\nValue: 1234"
+
+
+def test_the_build_script_reproduces_the_bundled_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from kvbench.tiny import build
+
+    build.save(tmp_path)
+    rebuilt, bundled = load_file(tmp_path / "model.safetensors"), load_file(tiny.MODEL_DIR / "model.safetensors")
+    assert rebuilt.keys() == bundled.keys()
+    for name in bundled:
+        torch.testing.assert_close(rebuilt[name], bundled[name], rtol=1e-5, atol=1e-4, msg=name)
+    assert (tmp_path / "tokenizer.json").read_text() == (tiny.MODEL_DIR / "tokenizer.json").read_text()
+
+
+def test_recall_at_full_attention(full_recall):
+    assert full_recall.score >= 0.9
+    assert full_recall.kv_footprint == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("task, threshold", [("synth_rag", 0.9), ("synth_icl", 3 / 6)])  # ICL: 3x chance (6 labels)
+def test_quality_at_full_attention(model_and_tokenizer, task, threshold):
+    model, tokenizer = model_and_tokenizer
+    result = evaluate.evaluate(model, tokenizer, task, None, length=LENGTH, num_samples=SAMPLES, chunk_size=CHUNK)
+    assert result.score >= threshold, result
+
+
+def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(model_and_tokenizer, recall_prompts,
+                                                                       full_recall):
+    model, tokenizer = model_and_tokenizer
+    streaming = evaluate.evaluate(model, tokenizer, "synth_recall", lambda: StreamingLLM(sink=4, window=128),
+                                  chunk_size=CHUNK, prompts=recall_prompts)
+    snapkv = evaluate.evaluate(model, tokenizer, "synth_recall", lambda: SnapKV(keep=0.05, schedule="patched"),
+                               chunk_size=CHUNK, prompts=recall_prompts)
+    assert streaming.kv_footprint < 0.6  # the window is much smaller than the context
+    assert snapkv.kv_footprint < 1.25 * streaming.kv_footprint  # a comparable footprint
+    assert streaming.score < 0.5 * full_recall.score
+    assert snapkv.score >= 0.9 * full_recall.score
+
+
+def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(model_and_tokenizer, recall_prompts,
+                                                                             full_recall):
+    # The paper's "naive" chunked eviction: no chunk's own queries ask for the needle, so it is dropped.
+    model, tokenizer = model_and_tokenizer
+    chunked = evaluate.evaluate(model, tokenizer, "synth_recall", lambda: SnapKV(keep=0.05, schedule="chunked"),
+                                chunk_size=CHUNK, prompts=recall_prompts)
+    assert chunked.score < 0.5 * full_recall.score
+
+
+def test_demo_prints_and_writes_a_table_for_every_method(tmp_path, capsys):
+    from kvbench.cli import main
+    from kvbench.tiny import demo
+
+    out = tmp_path / "demo.md"
+    assert main(["demo", "--samples", "1", "--tasks", "synth_recall", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table in capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [row.split(" | ")[0][2:] for row in rows] == [name for name, _ in demo.RUNS]
+    full = rows[0].split(" | ")[2]
+    assert full.startswith("1.00 (1.00)")  # the baseline finds the needle at footprint 1
