@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh clone and run a flow:  bash scripts/dev.sh test | example
+# Set up a fresh clone and run a flow:  bash scripts/dev.sh demo | test [pytest args] | example
 # Set-up: a .venv with the CPU build of torch (installed first: a plain `torch` requirement would
 # pull a multi-GB CUDA build), then kvbench itself (not editable, as users get it) with its test extra,
 # and the example plugin from plugins/ (its tests and `kvbench check` on it are part of the suite).
@@ -16,6 +16,7 @@ fi
 "$PY" -m pip install -q ".[test]" ./plugins/kvbench-tova
 case "${1:-test}" in
     test) shift || true; exec "$PY" -m pytest "$@" ;;
+    demo) shift || true; exec .venv/bin/kvbench demo "$@" ;;
     example) exec "$PY" examples/streaming_vs_full.py ;;
-    *) echo "usage: bash scripts/dev.sh [test|example]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/dev.sh [demo|test|example]" >&2; exit 2 ;;
 esac

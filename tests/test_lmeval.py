@@ -286,3 +286,12 @@ def test_kvbench_synthetic_tasks_run_end_to_end_through_plain_lm_eval(checkpoint
         [samples] = glob.glob(str(tmp_path / "*" / f"samples_{task}_*.jsonl"))
         per_sample = [json.loads(line)["kv_footprint"] for line in open(samples)]
         assert sum(per_sample) / 2 == pytest.approx(tallies[task]["kv_footprint"], abs=1e-9)
+
+
+def test_bundled_tiny_model_loads_by_name():
+    from kvbench.lmeval.backend import KVBenchLM
+    from kvbench.tiny import MODEL_DIR
+
+    lm = KVBenchLM(pretrained="kvbench-tiny", method="streamingllm", window="64")
+    assert lm.model.config.num_key_value_heads < lm.model.config.num_attention_heads  # the bundled GQA Llama
+    assert lm.model.config.vocab_size == len(lm.tokenizer) and (MODEL_DIR / "tokenizer.json").is_file()

@@ -76,7 +76,9 @@ def load_tokenizer(settings: dict):
         return name  # an already-loaded tokenizer (Python callers, tests)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name)
+    from kvbench.tiny import resolve_pretrained  # "kvbench-tiny" is the bundled checkpoint
+
+    return AutoTokenizer.from_pretrained(resolve_pretrained(name))
 
 
 def count_tokens(tokenizer, text: str) -> int:

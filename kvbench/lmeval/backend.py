@@ -25,6 +25,7 @@ import kvbench
 from kvbench.engine import DEFAULT_CHUNK_SIZE, generate, score_continuation
 from kvbench.lmeval.tally import FootprintTally
 from kvbench.plugins import describe_parameters, load_method, method_class
+from kvbench.tiny import resolve_pretrained
 
 # A child of lm-eval's logger, so our lines show with lm-eval's own, in its format and at its verbosity.
 log = logging.getLogger("lm_eval.models.kvbench")
@@ -80,9 +81,10 @@ class KVBenchLM(TemplateLM):
             )
         self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
         self._device = _pick_device(device)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self._model = transformers.AutoModelForCausalLM.from_pretrained(
-            pretrained, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
+            path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
         ).to(self._device).eval()
         self._max_length = int(max_length) if max_length else None
         self.chat_template_args: dict = {}
