@@ -117,6 +117,41 @@ def _eval(lm_eval_args: list[str]) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from kvbench.sweep import run_sweep
+
+    ran = run_sweep(args.config, args.out, shard_spec=args.shard, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"{len(ran)} cell(s) run; results under {args.out}")
+    return 0
+
+
+def _leaderboard(args) -> int:
+    import warnings
+    from pathlib import Path
+
+    from kvbench import leaderboard, scoring
+
+    with warnings.catch_warnings():
+        # A left-out file is printed, never silent: `warnings` shows each once, as "file: line: message" noise.
+        warnings.simplefilter("always", scoring.ResultFileWarning)
+        warnings.showwarning = lambda message, *_: print(f"kvbench: warning: {message}", file=sys.stderr)
+        runs = scoring.load_runs(args.results, scoring.parse_categories(args.category))
+    if not runs:
+        raise ValueError("no usable result files among " + " ".join(args.results))
+    boards = scoring.score_runs(runs, args.threshold)
+    text = leaderboard.render(boards, args.format, args.threshold, reported=args.reported)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.format} leaderboard -> {args.out}")
+    else:
+        print(text)
+    if args.plot:
+        leaderboard.plot(boards, args.plot, args.threshold)
+        print(f"plot -> {args.plot}")
+    return 0
+
+
 def _key_values(pairs: list[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -168,6 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--sha256", default=None, help="expected SHA-256 of data.tar.gz")
     fetch.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after unpacking")
     fetch.set_defaults(run=_data_fetch)
+
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of models x methods x knob values x tasks x lengths x chunk sizes (resumable)"
+    )
+    sweep.add_argument("config", help="sweep config YAML (see examples/sweep_tiny.yaml)")
+    sweep.add_argument("--out", default="sweeps", help="results folder, one subfolder per cell (default: sweeps)")
+    sweep.add_argument("--shard", default=None, metavar="i/n", help="run every n-th cell from the i-th (0 <= i < n)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the equivalent lm_eval command of every cell")
+    sweep.set_defaults(run=_sweep)
+
+    board = commands.add_parser(
+        "leaderboard", help="critical KV footprint per method and task category, from lm-eval result files"
+    )
+    board.add_argument("results", nargs="+", help="lm-eval result files or folders (searched for results*.json)")
+    board.add_argument("--threshold", type=float, default=0.9, help="share of full attention's score to keep")
+    board.add_argument("--format", choices=["md", "csv", "json", "html"], default="md")
+    board.add_argument("--out", default=None, help="write the table here (default: print it)")
+    board.add_argument("--plot", default=None, metavar="FILE.png", help="score vs footprint per category")
+    board.add_argument("--reported", action="store_true", help="add the paper's Table 2, marked as reported")
+    board.add_argument("--category", action="append", metavar="TASK=CATEGORY",
+                       help="category of a task whose metadata has none (repeatable)")
+    board.set_defaults(run=_leaderboard)
 
     # Dispatched in main() before parsing: every argument belongs to lm-eval, whose parser reads them.
     commands.add_parser(

@@ -1,0 +1,182 @@
+"""`kvbench leaderboard RESULTS...`: the critical KV footprint per method and category, as Markdown, CSV,
+JSON or a self-contained HTML page, and plots of score against footprint with the threshold line.
+
+Measured rows come from kvbench.scoring. `--reported` adds the paper's Table 2 (kvbench/data/paper_table2.json)
+beside them: always in rows marked `reported`, never mixed into measured figures or plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from importlib import resources
+
+from kvbench.scoring import GroupBoard
+
+COLUMNS = ("source", "model", "context_length", "chunk_size", "category", "method", "critical_footprint", "mark",
+           "critical", "peak_at_critical", "peak_bytes_at_critical", "baseline_score", "threshold")
+
+
+def reported_table() -> dict:
+    return json.loads(resources.files("kvbench.data").joinpath("paper_table2.json").read_text())
+
+
+def rows(boards: list[GroupBoard], threshold: float, reported: bool = False) -> list[dict]:
+    """One row per (group, category, method): the long form every format is made from."""
+    out = []
+    for board in boards:
+        for category, cb in board.categories.items():
+            for method, c in sorted(cb.critical.items()):
+                out.append({"source": "measured", "model": board.model, "context_length": board.context_length,
+                            "chunk_size": board.chunk_size, "category": category, "method": method,
+                            "critical_footprint": c.value, "mark": c.mark, "critical": str(c),
+                            "peak_at_critical": c.peak, "peak_bytes_at_critical": c.peak_bytes,
+                            "baseline_score": cb.baseline, "threshold": threshold})
+    if reported:
+        paper = reported_table()
+        for method, values in paper["rows"].items():
+            for category, value in zip(paper["categories"], values, strict=True):
+                mark = value[0] if value[0] in "<>" else ""
+                out.append({"source": "reported (arXiv 2506.17121, Table 2)", "model": paper["model"],
+                            "context_length": paper["context_length"], "chunk_size": paper["chunk_size"],
+                            "category": category, "method": method,
+                            "critical_footprint": float(value.lstrip("<>")) / 100, "mark": mark,
+                            "critical": f"{value}%", "peak_at_critical": None, "peak_bytes_at_critical": None,
+                            "baseline_score": None, "threshold": paper["threshold"]})
+    return out
+
+
+def _wide(table: list[dict]) -> tuple[list[str], dict]:
+    """Method rows x category columns per (source, group), as the paper's Table 2."""
+    categories = list(dict.fromkeys(r["category"] for r in table))
+    grid: dict = {}
+    for r in table:
+        group = (r["source"], r["model"], r["context_length"], r["chunk_size"])
+        grid.setdefault(group, {}).setdefault(r["method"], {})[r["category"]] = r["critical"]
+    return categories, grid
+
+
+def to_markdown(table: list[dict], threshold: float) -> str:
+    categories, grid = _wide(table)
+    lines = [f"Critical KV footprint: the smallest KV footprint (% of full attention's) keeping "
+             f"{threshold:g} x full attention's score; `>` never reached, `<` the smallest run passed.", ""]
+    for (source, model, context_length, chunk_size), methods in grid.items():
+        lines += [f"### {model}, context {context_length}, chunk {chunk_size} ({source})", "",
+                  "| method | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
+        for method, cells in methods.items():
+            name = f"{method} (reported)" if source != "measured" else method
+            lines.append(f"| {_md(name)} | " + " | ".join(cells.get(c, "—") for c in categories) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_csv(table: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return buffer.getvalue()
+
+
+def to_json(table: list[dict], boards: list[GroupBoard], threshold: float) -> str:
+    runs = [{"model": b.model, "context_length": b.context_length, "chunk_size": b.chunk_size,
+             "category": c, "baseline_score": cb.baseline, "method": p.method, "params": p.params,
+             "score": p.score, "footprint": p.footprint, "peak": p.peak, "peak_bytes": p.peak_bytes, "file": p.path}
+            for b in boards for c, cb in b.categories.items() for p in cb.points]
+    return json.dumps({"threshold": threshold, "critical": table, "runs": runs}, indent=1, default=str)
+
+
+def plot(boards: list[GroupBoard], path_or_buffer, threshold: float) -> None:
+    """Score against footprint per category (one panel each), one line per method, the threshold dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers or in tests
+    import matplotlib.pyplot as plt
+
+    panels = [(b, cb) for b in boards for cb in b.categories.values()]
+    if not panels:
+        raise ValueError("nothing to plot: no scored runs")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    for ax, (board, cb) in zip(axes[0], panels, strict=True):
+        curves: dict = {}
+        for p in cb.points:
+            curves.setdefault(p.method, []).append(p)
+        for method, points in curves.items():
+            points.sort(key=lambda p: p.footprint)
+            ax.plot([100 * p.footprint for p in points], [p.score for p in points], marker="o", label=method)
+        ax.axhline(cb.target, color="grey", linestyle="--", label=f"{threshold:g} x full ({cb.baseline:.3g})")
+        ax.set(title=f"{cb.category} — {board.model.rsplit('/', 1)[-1]}, chunk {board.chunk_size}",
+               xlabel="KV footprint (% of full)", ylabel="score")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path_or_buffer, format="png", dpi=90)
+    plt.close(fig)
+
+
+def to_html(table: list[dict], boards: list[GroupBoard], threshold: float) -> str:
+    """One self-contained page: a table sortable by clicking a header, the plots embedded as PNG data."""
+    shown = ("source", "model", "context_length", "chunk_size", "category", "method", "critical",
+             "peak_at_critical", "peak_bytes_at_critical", "baseline_score")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
+    body = []
+    for r in table:
+        cells = []
+        for c in shown:
+            value = r[c]
+            # sort by the number behind "<34%" / ">93%", not the text
+            key = r["critical_footprint"] if c == "critical" else value
+            text = "—" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+            cells.append(f'<td data-sort="{html.escape(str(key), quote=True)}">{html.escape(text)}</td>')
+        css = ' class="reported"' if r["source"] != "measured" else ""
+        body.append(f"<tr{css}>{''.join(cells)}</tr>")
+    image = ""
+    if any(b.categories for b in boards):
+        buffer = io.BytesIO()
+        plot(boards, buffer, threshold)
+        image = f'<img alt="score vs KV footprint" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>kvbench leaderboard</title>
+<style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}
+th{{cursor:pointer;background:#eee}} tr.reported{{color:#666;font-style:italic}} img{{max-width:100%}}</style></head>
+<body><h1>kvbench leaderboard</h1>
+<p>Critical KV footprint: the smallest KV footprint keeping {threshold:g} x full attention's score
+(<code>&gt;</code> never reached, <code>&lt;</code> the smallest run passed). Rows in italics are reported by the
+paper, not measured. Click a header to sort.</p>
+<table id="board"><thead><tr>{head}</tr></thead><tbody>
+{chr(10).join(body)}
+</tbody></table>
+{image}
+<script>
+document.querySelectorAll("#board th").forEach((th, i) => th.addEventListener("click", () => {{
+  const tbody = document.querySelector("#board tbody"), up = th.dataset.up !== "1";
+  const key = tr => tr.children[i].dataset.sort, num = v => parseFloat(v);
+  const rows = [...tbody.rows].sort((a, b) => {{
+    const x = key(a), y = key(b), nx = num(x), ny = num(y);
+    const c = isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny;
+    return up ? c : -c;
+  }});
+  th.dataset.up = up ? "1" : "0";
+  rows.forEach(r => tbody.appendChild(r));
+}}));
+</script></body></html>
+"""
+
+
+def render(boards: list[GroupBoard], fmt: str, threshold: float, reported: bool = False) -> str:
+    table = rows(boards, threshold, reported)
+    if fmt == "md":
+        return to_markdown(table, threshold)
+    if fmt == "csv":
+        return to_csv(table)
+    if fmt == "json":
+        return to_json(table, boards, threshold)
+    if fmt == "html":
+        return to_html(table, boards, threshold)
+    raise ValueError(f"--format must be md, csv, json or html; got {fmt!r}")

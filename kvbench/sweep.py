@@ -1,0 +1,235 @@
+"""`kvbench sweep CONFIG.yaml`: a grid of models x methods x knob values x tasks x context lengths x chunk
+sizes, run in-process through lm-eval's Python API, one lm-eval results file per cell.
+
+Each cell has a folder `OUT/<method>-<hash>/`, the hash a stable digest of the cell's configuration, holding
+`config.json` and, once the cell is done, `results.json`. Both are written to a temporary file then renamed
+(`os.replace` is atomic), so a sweep killed at any moment leaves either a complete results file or none:
+a rerun skips the cells with one and redoes the rest. Each model is loaded once for all its cells; the
+method, chunk size and footprint tally of the backend are swapped per cell.
+
+The config (see examples/sweep_tiny.yaml, examples/sweep_paper.yaml):
+
+    models: [PATH_OR_HUB_NAME, ...]
+    methods:                       # each: a name, fixed params, and optionally a knob with its values
+      - name: full
+      - name: streamingllm
+        params: {sink: 4}
+        knob: window               # default: the method's registered knob
+        values: [16, 64]
+    tasks: [kvbench_synth_recall, ...]
+    context_lengths: [1024]
+    chunk_sizes: [256]
+    metadata: {num_samples: 2}     # more lm-eval --metadata for the tasks
+    model_args: {dtype: auto}      # more backend arguments (device, dtype, attn, max_length)
+    limit: null                    # lm-eval --limit
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+GRID_KEYS = {"models", "methods", "tasks", "context_lengths", "chunk_sizes", "metadata", "model_args", "limit"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    method: str
+    params: dict  # the method's parameters, knob value included
+    task: str
+    context_length: int
+    chunk_size: int
+    metadata: dict
+    model_args: dict
+    limit: int | float | None
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "method": self.method, "params": self.params, "task": self.task,
+                "context_length": self.context_length, "chunk_size": self.chunk_size, "metadata": self.metadata,
+                "model_args": self.model_args, "limit": self.limit}
+
+    @property
+    def key(self) -> str:
+        """A stable digest of the configuration: the same cell has the same folder on any machine and rerun."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def folder(self, out: Path) -> Path:
+        return out / f"{self.method}-{self.key}"
+
+    def describe(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return (f"{Path(self.model).name} {self.method}{'(' + params + ')' if params else ''} {self.task} "
+                f"ctx={self.context_length} chunk={self.chunk_size}")
+
+    def task_metadata(self) -> dict:
+        # The tasks measure lengths with the evaluated model's tokenizer; with a model instance lm-eval does
+        # not pass --model_args on, so `pretrained` goes in the metadata.
+        return {**self.metadata, "context_length": self.context_length, "pretrained": self.model}
+
+    def lm_eval_command(self, out: Path) -> str:
+        model_args = {"pretrained": self.model, "method": self.method, **self.params,
+                      "chunk_size": self.chunk_size, **self.model_args}
+        args = ["lm_eval", "--model", "kvbench",
+                "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
+                "--tasks", self.task,
+                "--metadata", json.dumps({**self.metadata, "context_length": self.context_length}),
+                "--output_path", str(self.folder(out))]
+        if self.limit is not None:
+            args += ["--limit", str(self.limit)]
+        return shlex.join(args)
+
+
+def load_config(path) -> dict:
+    config = yaml.safe_load(Path(path).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a sweep config is a YAML mapping (see examples/sweep_tiny.yaml)")
+    unknown = set(config) - GRID_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; a sweep config takes {sorted(GRID_KEYS)}")
+    for key in ("models", "methods", "tasks", "context_lengths", "chunk_sizes"):
+        if not isinstance(config.get(key), list) or not config[key]:
+            raise ValueError(f"{path}: '{key}' must be a non-empty list")
+    return config
+
+
+def cells(config: dict) -> list[Cell]:
+    """The grid, in a fixed order: by model (loaded once), then context length, chunk size, method, knob value, task."""
+    from kvbench.plugins import method_class
+
+    grid = []
+    for model in config["models"]:
+        for context_length in config["context_lengths"]:
+            for chunk_size in config["chunk_sizes"]:
+                for entry in config["methods"]:
+                    entry = {"name": entry} if isinstance(entry, str) else entry
+                    if "name" not in entry:
+                        raise ValueError(f"a method entry needs a name; got {entry!r}")
+                    fixed = dict(entry.get("params") or {})
+                    values = entry.get("values")
+                    knob = entry.get("knob") or method_class(entry["name"]).knob
+                    if values and not knob:
+                        raise ValueError(f"method {entry['name']!r} has values but no knob to set them on")
+                    settings = [{**fixed, knob: v} for v in values] if values else [fixed]
+                    for params in settings:
+                        for task in config["tasks"]:
+                            grid.append(Cell(str(model), entry["name"], params, task, int(context_length),
+                                             int(chunk_size), dict(config.get("metadata") or {}),
+                                             dict(config.get("model_args") or {}), config.get("limit")))
+    return grid
+
+
+def shard(grid: list[Cell], spec: str | None) -> list[Cell]:
+    """`i/n` (0 <= i < n): every n-th cell from the i-th, so each machine gets a share of every model."""
+    if not spec:
+        return grid
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n (e.g. 0/4); got {spec!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n; got {spec!r}")
+    return grid[i::n]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write beside the target, then rename: a reader (or a rerun after kill -9) sees all of it or nothing."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def is_done(cell: Cell, out: Path) -> bool:
+    return (cell.folder(out) / "results.json").is_file()
+
+
+def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = False, print_fn=print) -> list[Cell]:
+    """Run (or, dry, print) this shard's cells; return the cells run now."""
+    out = Path(out)
+    todo = shard(cells(load_config(config_path)), shard_spec)
+    if dry_run:
+        for cell in todo:
+            print_fn(("# done: " if is_done(cell, out) else "") + cell.lm_eval_command(out))
+        return []
+    pending = [c for c in todo if not is_done(c, out)]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn(), TextColumn("{task.description}"))
+    with Progress(*columns) as progress:
+        bar = progress.add_task("", total=len(todo), completed=len(todo) - len(pending))
+        runner = None
+        for cell in pending:
+            progress.update(bar, description=cell.describe())
+            if runner is None or runner.model_name != cell.model:
+                runner = CellRunner(cell)  # models come in grid order: each is loaded once
+            run_cell(runner, cell, out)
+            progress.advance(bar)
+        progress.update(bar, description="done")
+    return pending
+
+
+class CellRunner:
+    """One loaded model (a KVBenchLM) and lm-eval's task index, reused by every cell of that model."""
+
+    def __init__(self, cell: Cell):
+        from kvbench.lmeval.hook import install
+
+        install()  # kvbench's tasks in lm-eval's index, also without the .pth hook (editable installs)
+        from lm_eval.tasks import TaskManager
+
+        from kvbench.lmeval.backend import KVBenchLM
+
+        self.model_name = cell.model
+        self.lm = KVBenchLM(pretrained=cell.model, chunk_size=cell.chunk_size, **cell.model_args)
+        self._managers: dict[str, TaskManager] = {}
+
+    def task_manager(self, cell: Cell):
+        """lm-eval gives tasks the metadata of the TaskManager that builds them (simple_evaluate's `metadata`
+        only reaches a manager it makes itself, indexing every task each time): one per distinct metadata."""
+        from lm_eval.tasks import TaskManager
+
+        key = json.dumps(cell.task_metadata(), sort_keys=True)
+        if key not in self._managers:
+            self._managers[key] = TaskManager(metadata=cell.task_metadata())
+        return self._managers[key]
+
+    def evaluate(self, cell: Cell) -> dict:
+        import lm_eval
+
+        from kvbench.lmeval.tally import FootprintTally
+        from kvbench.plugins import load_method
+
+        # Reconfigure the backend for this cell: what KVBenchLM's constructor would set from --model_args.
+        self.lm.method = load_method(cell.method, **{k: str(v) for k, v in cell.params.items()})
+        self.lm.chunk_size = cell.chunk_size
+        self.lm.tally = FootprintTally()
+        return lm_eval.simple_evaluate(model=self.lm, tasks=[cell.task], task_manager=self.task_manager(cell),
+                                       metadata=cell.task_metadata(), limit=cell.limit, log_samples=False)
+
+
+def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path:
+    from lm_eval.utils import handle_non_serializable
+
+    folder = cell.folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(folder / "config.json", json.dumps(cell.as_dict(), indent=1, sort_keys=True))
+    results = runner.evaluate(cell)
+    results["config"]["kvbench_sweep"] = {**cell.as_dict(), "key": cell.key}
+    path = folder / "results.json"
+    write_atomically(path, json.dumps(results, indent=1, default=handle_non_serializable))
+    return path
