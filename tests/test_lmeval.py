@@ -66,7 +66,7 @@ def streaming_run(checkpoint, tmp_path_factory):
 def test_lm_eval_command_reports_footprint_per_task(streaming_run):
     results, samples, _ = streaming_run
     run = results["config"]["kvbench"]
-    assert run["method"] == "streamingllm" and run["method_params"] == {"sink": 4, "window": 16}
+    assert run["method"] == "streamingllm" and run["method_params"] == {"kv_bits": 16, "sink": 4, "window": 16}
     assert run["chunk_size"] == 32 and run["versions"]["torch"] == torch.__version__
     assert run["wall_time_s"] > 0 and run["tokens_per_second"] > 0
     assert run["tasks"][GEN]["requests"] == 2  # --limit 2 generations

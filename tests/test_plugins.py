@@ -34,7 +34,7 @@ def test_installed_plugin_is_listed_with_its_source():
     assert {"full", "streamingllm", "tova"} <= set(rows)
     assert rows["tova"]["source"].startswith("kvbench-tova 0.1.0")
     assert rows["streamingllm"]["source"] == "kvbench (built-in)"
-    assert rows["streamingllm"]["parameters"] == {"sink": 128, "window": 1024}
+    assert rows["streamingllm"]["parameters"] == {"kv_bits": 16, "sink": 128, "window": 1024}
 
 
 def test_installed_plugin_passes_kvbench_check():
@@ -118,13 +118,14 @@ def test_method_lacking_the_contract_is_refused_saying_what_is_missing():
 # ---- unknown names and parameters ----
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown method 'snapkvv'; known methods: full, streamingllm, tova"):
+    with pytest.raises(ValueError, match=r"unknown method 'snapkvv'; known methods: duoattention, full, h2o, "
+                                         r"l2norm, prulong, pyramidkv, snapkv, streamingllm, tova"):
         kvbench.load_method("snapkvv")
 
 
 def test_unknown_parameter_is_named_with_the_methods_parameters():
     with pytest.raises(ValueError, match=r"method 'streamingllm' has no parameter 'windw'; its parameters: "
-                                         r"sink \(default 128\), window \(default 1024\)"):
+                                         r"kv_bits \(default 16\), sink \(default 128\), window \(default 1024\)"):
         kvbench.load_method("streamingllm", windw=3)
 
 
