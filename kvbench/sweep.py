@@ -26,6 +26,7 @@ The config (see examples/sweep_tiny.yaml, examples/sweep_paper.yaml):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -52,9 +53,7 @@ class Cell:
     limit: int | float | None
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "method": self.method, "params": self.params, "task": self.task,
-                "context_length": self.context_length, "chunk_size": self.chunk_size, "metadata": self.metadata,
-                "model_args": self.model_args, "limit": self.limit}
+        return dataclasses.asdict(self)
 
     @property
     def key(self) -> str:
