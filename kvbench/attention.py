@@ -94,14 +94,23 @@ def _sliding_window_mask(key_positions, query_positions, window, query_heads):
     return allowed.repeat_interleave(query_heads // key_positions.shape[0], dim=0)
 
 
-def _no_mask(*args, **kwargs):
+def require_attention_interface(model, consequence: str) -> None:
+    """Refuse a model whose attention cannot be swapped through transformers' AttentionInterface."""
+    if not (getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation()):
+        raise ValueError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, so "
+            f"{consequence}; use a model family that does (Llama, Qwen2/Qwen3, Mistral, ...)"
+        )
+
+
+def no_mask(*args, **kwargs):
     """kvbench builds its own masks from what the cache holds; transformers must not build one."""
     return None
 
 
 def register() -> None:
     AttentionInterface.register(ATTENTION_NAME, kvbench_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
+    AttentionMaskInterface.register(ATTENTION_NAME, no_mask)
 
 
 register()

@@ -239,11 +239,7 @@ def _check_request(model, ids, chunk_size, max_new_tokens, attn, stop, tokenizer
         raise ValueError(f"attn must be one of {', '.join(attention.ATTENTION_KERNELS)}; got {attn!r}")
     if stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer to read the generated text")
-    if not (getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation()):
-        raise ValueError(
-            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, so kvbench "
-            "cannot manage its KV cache; use a model family that does (Llama, Qwen2/Qwen3, Mistral, ...)"
-        )
+    attention.require_attention_interface(model, "kvbench cannot manage its KV cache")
 
 
 def _check_positions(shape: ModelShape, prompt_tokens: int, max_new_tokens: int) -> None:
