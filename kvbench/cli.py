@@ -232,24 +232,123 @@ def build_parser() -> argparse.ArgumentParser:
         help="lm-eval with kvbench's backend and tasks: `kvbench eval ARGS` = `lm_eval ARGS` (e.g. --model kvbench)",
     )
 
-    demo = commands.add_parser("demo", help="offline: a small sweep on the bundled tiny model, a footprint/score table")
-    demo.add_argument("--length", type=int, default=1024, help="context length in tokens (default 1024)")
+    prulong = commands.add_parser("prulong", help="PruLong head-pattern training (hard-concrete gates, min-max sparsity)")
+    prulong_commands = prulong.add_subparsers(dest="prulong_command", metavar="ACTION", required=True)
+    train = prulong_commands.add_parser("train", help="learn which heads keep the full cache; exports scores and a pattern")
+    _training_arguments(train, lr=0.1)
+    train.add_argument("--target-sparsity", type=float, default=0.5, help="share of streaming heads, in [0, 1)")
+    train.add_argument("--warmup-fraction", type=float, default=0.8, help="share of steps the target ramps up over")
+    train.add_argument("--lambda-lr", type=float, default=1.0, help="learning rate of the multipliers' ascent")
+    _export_arguments(train, default_help="default: the target")
+    train.set_defaults(run=_prulong_train)
+    export = prulong_commands.add_parser("export", help="a binary pattern (1 = full head) from learned scores")
+    export.add_argument("scores", help="scores.tsv (or .pt/.npy) written by `kvbench prulong train`")
+    export.add_argument("--out", required=True, help="the pattern file to write (TSV)")
+    _export_arguments(export, default_help="required", required=True)
+    export.set_defaults(run=_prulong_export)
+
+    duo = commands.add_parser("duo", help="DuoAttention head-pattern training (hidden-state distillation, L1 gates)")
+    duo_commands = duo.add_subparsers(dest="duo_command", metavar="ACTION", required=True)
+    train = duo_commands.add_parser("train", help="learn gate values; exports DuoAttention's TSV")
+    _training_arguments(train, lr=0.02)
+    train.add_argument("--reg", type=float, default=0.05, help="weight of the L1 penalty on the gates")
+    train.set_defaults(run=_duo_train)
+
+    from kvbench.tiny.demo import TASKS as demo_tasks
+
+    demo = commands.add_parser(
+        "demo", help="offline: a small sweep on the bundled tiny model -> critical-KV-footprint table and plot"
+    )
+    demo.add_argument("--out", default="kvbench-demo", help="folder for the sweep, table and plot (default kvbench-demo)")
     demo.add_argument("--samples", type=int, default=3, help="samples per task (default 3)")
+    demo.add_argument("--quick", action="store_true", help="one budget each of four methods (what CI runs)")
+    demo.add_argument("--length", type=int, default=1024, help="context length in tokens (default 1024)")
     demo.add_argument("--chunk-size", type=int, default=256, help="prefill chunk size (default 256)")
-    demo.add_argument("--tasks", nargs="*", choices=["synth_recall", "synth_rag", "synth_rerank", "synth_icl"])
-    demo.add_argument("--out", help="also write the table as Markdown to this file")
+    demo.add_argument("--tasks", nargs="+", choices=demo_tasks, default=demo_tasks)
     demo.set_defaults(run=_demo)
     return parser
 
 
+def _training_arguments(parser, lr: float) -> None:
+    parser.add_argument("--model", required=True, help="a path, a hub name, or kvbench-tiny")
+    parser.add_argument("--out", required=True, help="folder for the learned table, the log and the settings")
+    parser.add_argument("--data", default="synthetic",
+                        help='"synthetic" (the generators) or a .txt / .jsonl file ({"text"} or {"prompt", "answer"} rows)')
+    parser.add_argument("--tasks", nargs="+", default=["synth_recall"], help="synthetic tasks, taken in turn")
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=4, help="sequences per step (per process)")
+    parser.add_argument("--sink", type=int, default=128, help="streaming heads keep the first SINK tokens ...")
+    parser.add_argument("--window", type=int, default=1024, help="... and the last WINDOW (use the same at inference)")
+    parser.add_argument("--lr", type=float, default=lr, help=f"the gates' learning rate (default {lr})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: long sequences")
+    parser.add_argument("--log-every", type=int, default=10)
+
+
+def _export_arguments(parser, default_help: str, required: bool = False) -> None:
+    parser.add_argument("--export-sparsity", type=float, required=required,
+                        help=f"share of streaming heads in the binary pattern ({default_help})")
+    parser.add_argument("--min-full-per-layer", type=int, default=0,
+                        help="refuse an export leaving a layer with fewer full heads than this")
+
+
+def _train_settings(args):
+    from pathlib import Path
+
+    from kvbench.prulong.common import TrainSettings
+
+    return TrainSettings(
+        model=args.model, out=Path(args.out), data=args.data, tasks=tuple(args.tasks), seq_len=args.seq_len,
+        steps=args.steps, batch_size=args.batch_size, sink=args.sink, window=args.window, lr=args.lr,
+        seed=args.seed, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
+        log_every=args.log_every,
+    )
+
+
+def _prulong_train(args) -> int:
+    from kvbench.prulong.train import PruLongTrainer
+
+    trainer = PruLongTrainer(_train_settings(args), target_sparsity=args.target_sparsity,
+                             warmup_fraction=args.warmup_fraction, lambda_lr=args.lambda_lr,
+                             export_sparsity=args.export_sparsity, min_full_per_layer=args.min_full_per_layer)
+    result = trainer.train()
+    if result:
+        print(f"expected sparsity {result['expected_sparsity']:.3f}; scores: {result['scores']}; "
+              f"pattern: {result['pattern']}")
+    return 0
+
+
+def _prulong_export(args) -> int:
+    from kvbench.methods.head_pattern import read_pattern
+    from kvbench.prulong import patterns
+
+    pattern = patterns.binary_pattern(read_pattern(args.scores), args.export_sparsity, args.min_full_per_layer)
+    print(f"{int((pattern == 0).sum())} of {pattern.numel()} heads streaming; written to "
+          f"{patterns.write_table(pattern, args.out)}")
+    return 0
+
+
+def _duo_train(args) -> int:
+    from kvbench.prulong.duo import DuoTrainer
+
+    result = DuoTrainer(_train_settings(args), reg=args.reg).train()
+    if result:
+        print(f"gates: {result['gates']}")
+    return 0
+
+
 def _demo(args) -> int:
+    from pathlib import Path
+
     from kvbench.tiny import demo
 
-    tasks = args.tasks or list(demo.CATEGORIES)
-    _, table = demo.run(length=args.length, samples=args.samples, chunk_size=args.chunk_size, tasks=tasks, out=args.out)
+    table = demo.run(args.out, samples=args.samples, length=args.length, chunk_size=args.chunk_size,
+                     quick=args.quick, tasks=args.tasks)
     print(table, end="")
-    if args.out:
-        print(f"written to {args.out}")
+    out = Path(args.out)
+    print(f"table -> {out / 'leaderboard.md'}; plot -> {out / 'leaderboard.png'}; sweep -> {out / 'results'}")
     return 0
 
 

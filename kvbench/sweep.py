@@ -29,9 +29,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shlex
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +171,7 @@ def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = F
 
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn(), TextColumn("{task.description}"))
-    with Progress(*columns) as progress:
+    with Progress(*columns) as progress, _quiet_cells():
         bar = progress.add_task("", total=len(todo), completed=len(todo) - len(pending))
         runner = None
         for cell in pending:
@@ -180,6 +182,24 @@ def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = F
             progress.advance(bar)
         progress.update(bar, description="done")
     return pending
+
+
+class _CustomKwargsNotice(logging.Filter):
+    """lm-eval tells, for every task built from a Python generator, that --metadata can carry custom kwargs:
+    one line per cell, no news in a sweep (whose config sets them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_cells():
+    logger, notice = logging.getLogger("lm_eval.api.task"), _CustomKwargsNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 class CellRunner:

@@ -71,7 +71,9 @@ class HeadPatternMethod(Method):
             f"head_sparsity must be in [0, 1]; got {self.head_sparsity!r}",
         )
         check_sink_and_window(self.sink, self.window)
-        self.scores = self.check_scores(read_pattern(self.pattern))
+        from kvbench.tiny import resolve_pattern  # pattern=kvbench-tiny: the patterns trained for the bundled model
+
+        self.scores = self.check_scores(read_pattern(resolve_pattern(self.name, self.pattern)))
         self.streaming = streaming_heads(self.scores, self.head_sparsity)
 
     def check_scores(self, scores: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,20 @@ from pathlib import Path
 NAME = "kvbench-tiny"
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 CONTEXT_LENGTH = 16384  # what its positional heads were designed for (build.MAX_CONTEXT)
+PATTERN_DIR = Path(__file__).resolve().parent / "patterns"
+# Head patterns trained for it (`kvbench prulong train` / `kvbench duo train`, see patterns/README.md), used
+# as `method=prulong,pattern=kvbench-tiny` with the sink and window they were trained with.
+PATTERNS = {"prulong": PATTERN_DIR / "prulong" / "scores.tsv", "duoattention": PATTERN_DIR / "duoattention" / "gates.tsv"}
+PATTERN_SINK, PATTERN_WINDOW = 4, 32
+
+
+def resolve_pattern(method: str, pattern: str) -> str:
+    """The bundled pattern file of `method` for pattern="kvbench-tiny"; any other value is returned unchanged."""
+    if pattern != NAME:
+        return pattern
+    if method not in PATTERNS:
+        raise ValueError(f"{NAME} ships head patterns for {', '.join(sorted(PATTERNS))}, not for {method}")
+    return str(PATTERNS[method])
 
 
 def resolve_pretrained(name: str) -> str:

@@ -1,62 +1,62 @@
-"""`kvbench demo`: a small offline sweep on the bundled tiny model, printed as a footprint/score table.
+"""`kvbench demo`: a small sweep on the bundled tiny model, offline, scored into a critical-KV-footprint table.
 
-Methods x budgets x the four synthetic categories, every request through kvbench.generate with chunked
-prefill, the footprint measured from the cache that ran. The full sweep and the critical-footprint
-leaderboard are `kvbench sweep` / `kvbench leaderboard`; this is the minutes-long tour.
+The sweep is an ordinary `kvbench sweep` config (written to OUT/sweep.yaml, results under OUT/results/, so an
+interrupted demo resumes where it stopped), and the table and plot are `kvbench leaderboard`'s: the demo is
+the whole pipeline in minutes, with methods x budgets x the four synthetic categories at 1K tokens.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kvbench.tiny import evaluate
+import yaml
 
-# (method, parameters): the baseline, a recency method at two windows, SnapKV's two chunked schedules
-# (the paper's "naive" chunked one and the patched one) and PyramidKV.
-RUNS = [
-    ("full", {}),
-    ("streamingllm", {"sink": 4, "window": 128}),
-    ("streamingllm", {"sink": 4, "window": 512}),
-    ("snapkv", {"keep": 0.05, "schedule": "chunked"}),
-    ("snapkv", {"keep": 0.05, "schedule": "patched"}),
-    ("snapkv", {"keep": 0.25, "schedule": "patched"}),
-    ("pyramidkv", {"keep": 0.05, "schedule": "patched"}),
+from kvbench import tiny
+
+TASKS = ["kvbench_synth_recall", "kvbench_synth_rag", "kvbench_synth_rerank", "kvbench_synth_icl"]
+HEADS = {"sink": tiny.PATTERN_SINK, "window": tiny.PATTERN_WINDOW, "pattern": tiny.NAME}
+SCORING = {"recent": 16, "obs_window": 16}  # the tiny model's facts are a few tokens long
+# (name, fixed params, knob values): the baseline, a recency method, SnapKV's two chunked schedules (the paper's
+# naive one and the patched one), PyramidKV, and the two head-pattern methods with the patterns trained for it.
+METHODS = [
+    ("full", {}, None),
+    ("streamingllm", {"sink": 4}, [32, 256]),
+    ("snapkv", {"schedule": "chunked", **SCORING}, [0.05, 0.3]),
+    ("snapkv", {"schedule": "patched", **SCORING}, [0.05, 0.3]),
+    ("pyramidkv", {"schedule": "patched", **SCORING}, [0.05, 0.3]),
+    ("duoattention", HEADS, [0.5, 0.75]),
+    ("prulong", HEADS, [0.5, 0.75]),
 ]
-CATEGORIES = {"synth_recall": "recall", "synth_rag": "rag", "synth_rerank": "rerank", "synth_icl": "icl"}
+QUICK_METHODS = [("full", {}, None), ("streamingllm", {"sink": 4}, [32]),
+                 ("snapkv", {"schedule": "patched", **SCORING}, [0.05]), ("prulong", HEADS, [0.5])]
 
 
-def run(length: int = 1024, samples: int = 3, chunk_size: int = 256, tasks=tuple(CATEGORIES), out: Path | None = None,
-        progress=True) -> tuple[list[dict], str]:
-    import kvbench
-    from kvbench import tiny
-
-    model, tokenizer = tiny.load()
-    prompts = {task: evaluate.samples(task, tokenizer, length, samples) for task in tasks}  # the same for every method
-    rows = []
-    from rich.progress import Progress
-
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task("kvbench demo", total=len(RUNS) * len(tasks))
-        for name, params in RUNS:
-            row = {"method": name, "params": " ".join(f"{k}={v}" for k, v in params.items()), "tasks": {}}
-            for task in tasks:
-                bar.update(job, description=f"{name} {row['params']} {task}")
-                result = evaluate.evaluate(model, tokenizer, task, lambda: kvbench.load_method(name, **params),
-                                           chunk_size=chunk_size, prompts=prompts[task])
-                row["tasks"][task] = result
-                bar.advance(job)
-            rows.append(row)
-    table = markdown(rows, tasks, length, samples, chunk_size)
-    if out is not None:
-        Path(out).write_text(table)
-    return rows, table
+def config(samples: int = 3, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS) -> dict:
+    methods = []
+    for name, params, values in (QUICK_METHODS if quick else METHODS):
+        entry = {"name": name, "params": dict(params)}
+        if values:
+            entry["values"] = values
+        methods.append(entry)
+    return {"models": [tiny.NAME], "methods": methods, "tasks": list(tasks), "context_lengths": [length],
+            "chunk_sizes": [chunk_size], "metadata": {"num_samples": samples}, "model_args": {"device": "cpu"}}
 
 
-def markdown(rows, tasks, length, samples, chunk_size) -> str:
-    head = "| method | parameters | " + " | ".join(f"{CATEGORIES[t]} score (footprint)" for t in tasks) + " |"
-    lines = [f"kvbench-tiny, context {length} tokens, chunk {chunk_size}, {samples} samples per task", "", head,
-             "|" + "---|" * (len(tasks) + 2)]
-    for row in rows:
-        cells = [f"{row['tasks'][t].score:.2f} ({row['tasks'][t].kv_footprint:.2f})" for t in tasks]
-        lines.append(f"| {row['method']} | {row['params'] or '-'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def run(out, samples: int = 3, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS,
+        threshold: float = 0.9) -> str:
+    """Run (or resume) the demo sweep under `out`; write leaderboard.md and leaderboard.png; return the table."""
+    from kvbench import leaderboard, scoring, sweep
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = config(samples, length, chunk_size, quick, tasks)
+    config_path = out / "sweep.yaml"
+    config_path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    sweep.run_sweep(config_path, out / "results")
+    # Score this config's cells only: OUT/results may also hold an earlier demo's (say, --quick) cells.
+    runs = scoring.load_runs([cell.folder(out / "results") / "results.json" for cell in sweep.cells(grid)])
+    boards = scoring.score_runs(runs, threshold)
+    table = leaderboard.render(boards, "md", threshold)
+    (out / "leaderboard.md").write_text(table)
+    leaderboard.plot(boards, out / "leaderboard.png", threshold)
+    return table
