@@ -5,6 +5,7 @@ Everything is measured through kvbench.generate on fixed-seed synthetic prompts 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvbench import tiny
+from kvbench import load_method, tiny
+from kvbench.methods.head_pattern import read_pattern, streaming_heads
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
+from kvbench.prulong.patterns import write_table
 from kvbench.tiny import evaluate
 
 LENGTH = 1024  # the context the thresholds are asserted at (the model card reports longer ones too)
@@ -114,15 +117,64 @@ def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(mo
     assert chunked.score < 0.5 * full_recall.score
 
 
-def test_demo_prints_and_writes_a_table_for_every_method(tmp_path, capsys):
+def test_the_quick_demo_writes_a_critical_footprint_table_and_plot_and_resumes(tmp_path, capsys):
     from kvbench.cli import main
-    from kvbench.tiny import demo
 
-    out = tmp_path / "demo.md"
-    assert main(["demo", "--samples", "1", "--tasks", "synth_recall", "--out", str(out)]) == 0
-    table = out.read_text()
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--samples", "1", "--out", str(out)]) == 0
+    table = (out / "leaderboard.md").read_text()
     assert table in capsys.readouterr().out
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert [row.split(" | ")[0][2:] for row in rows] == [name for name, _ in demo.RUNS]
-    full = rows[0].split(" | ")[2]
-    assert full.startswith("1.00 (1.00)")  # the baseline finds the needle at footprint 1
+    assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    assert header == "| method | icl | rag | recall | rerank |"  # every synthetic category
+    cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table.splitlines()
+             if line.startswith("| ") and not line.startswith("| method")}
+    assert set(cells) == {"streamingllm", "snapkv", "prulong"}  # full is the baseline, not a row
+    recall = header.split(" | ").index("recall") - 1
+    assert cells["streamingllm"][recall].startswith(">")  # a 32-token window loses the needle: never reaches 90%
+    assert cells["snapkv"][recall].startswith("<")  # patched SnapKV keeps it at its one, small budget
+    assert cells["prulong"][recall].startswith("<")  # so does the trained head pattern
+    results = sorted((out / "results").glob("*/results.json"))
+    assert len(results) == 4 * 4  # four methods x four categories, one lm-eval results file each
+    stamps = [r.stat().st_mtime_ns for r in results]
+    assert main(["demo", "--quick", "--samples", "1", "--out", str(out)]) == 0  # resumes: nothing to redo
+    assert [r.stat().st_mtime_ns for r in results] == stamps
+    assert (out / "leaderboard.md").read_text() == table
+
+
+def _head_pattern_recall(model, tokenizer, prompts, method: str, pattern: str, head_sparsity: float = 0.5):
+    factory = lambda: load_method(method, pattern=pattern, head_sparsity=head_sparsity,
+                                  sink=tiny.PATTERN_SINK, window=tiny.PATTERN_WINDOW)
+    return evaluate.evaluate(model, tokenizer, "synth_recall", factory, chunk_size=CHUNK, prompts=prompts)
+
+
+def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(model_and_tokenizer, recall_prompts,
+                                                                               full_recall, tmp_path):
+    """Half the heads streaming: PruLong's learned choice against every other choice of two heads of four
+    (their mean is what a uniformly random pattern with the same share scores)."""
+    model, tokenizer = model_and_tokenizer
+    learned = _head_pattern_recall(model, tokenizer, recall_prompts, "prulong", tiny.NAME)
+    assert learned.score >= 0.9 * full_recall.score
+    assert learned.kv_footprint < 0.8  # the streaming heads really hold less
+    chosen = read_pattern(tiny.PATTERNS["prulong"])
+    learned_streaming = set(map(tuple, streaming_heads(chosen, 0.5).nonzero().tolist()))
+    scores = []
+    for streaming in itertools.combinations([(0, 0), (0, 1), (1, 0), (1, 1)], 2):
+        if set(streaming) == learned_streaming:
+            scores.append(learned.score)
+            continue
+        pattern = torch.ones(2, 2)
+        for head in streaming:
+            pattern[head] = 0
+        path = write_table(pattern, tmp_path / f"random-{len(scores)}.tsv")
+        scores.append(_head_pattern_recall(model, tokenizer, recall_prompts, "prulong", str(path)).score)
+    assert len(scores) == 6
+    assert sum(scores) / len(scores) <= 0.5 * full_recall.score  # a random pattern: clearly worse
+
+
+def test_the_trained_duoattention_gates_keep_recall_at_half_the_heads(model_and_tokenizer, recall_prompts, full_recall):
+    model, tokenizer = model_and_tokenizer
+    gates = read_pattern(tiny.PATTERNS["duoattention"])
+    assert gates.shape == (2, 2) and gates.min() >= 0 and gates.max() <= 1
+    duo = _head_pattern_recall(model, tokenizer, recall_prompts, "duoattention", tiny.NAME)
+    assert duo.score >= 0.9 * full_recall.score
