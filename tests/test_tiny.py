@@ -95,6 +95,15 @@ def test_quality_at_full_attention(model_and_tokenizer, task, threshold):
     assert result.score >= threshold, result
 
 
+def test_rerank_at_full_attention_beats_three_times_chance(model_and_tokenizer):
+    # NDCG@10 of the ranking against a random ranking of the prompt's documents (about 0.2 at 1K).
+    model, tokenizer = model_and_tokenizer
+    result = evaluate.evaluate(model, tokenizer, "synth_rerank", None, length=LENGTH, num_samples=4, chunk_size=CHUNK)
+    guess = evaluate.chance("synth_rerank", tokenizer, LENGTH, num_samples=40)
+    assert 0.1 < guess < 0.3
+    assert result.score >= 3 * guess, (result, guess)
+
+
 def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(model_and_tokenizer, recall_prompts,
                                                                        full_recall):
     model, tokenizer = model_and_tokenizer

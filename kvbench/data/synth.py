@@ -68,11 +68,24 @@ def _rag(s: common.Settings, rng: random.Random, budget: int) -> dict:
 
 # --- re-rank: relevance = how many query words a passage holds -----------------------------------------
 
+# After the documents the task is restated (as RankGPT's post-prompt does) before the query. It holds none of
+# WORDS and no digits, so the query sits well apart from the last document: a reader that looks back a
+# fixed span from the end of the prompt sees the query and its own answer, not a document.
+RERANK_RESTATED = ("Rank the documents above by how many words of the query below they contain, most first. "
+                   "Write the IDs of the most relevant documents in the format given, and nothing else.")
+
+
+def _rerank_ids(rng: random.Random, count: int) -> list[str]:
+    """Distinct 4-digit IDs (as recall's values: two 2-digit tokens for the tiny model); 5 digits past 9,000."""
+    low = 1000 if count <= 9000 else 10000
+    return [str(i) for i in rng.sample(range(low, 10 * low), count)]
+
+
 def _rerank(s: common.Settings, rng: random.Random, budget: int) -> dict:
     query = rng.sample(WORDS, 3)
     others = [w for w in WORDS if w not in query]
     n = max(16, s.length // 8)
-    ids = [str(i) for i in rng.sample(range(1, 10 * (n + 16)), n + 16)]
+    ids = _rerank_ids(rng, n + 16)
     relevant = []  # 10 relevant passages: 2 hold all three query words, 3 hold two, 5 hold one
     for overlap in [3] * 2 + [2] * 3 + [1] * 5:
         words = rng.sample(query, overlap) + rng.sample(others, 4 - overlap)
@@ -83,7 +96,7 @@ def _rerank(s: common.Settings, rng: random.Random, budget: int) -> dict:
     render = _depth_render(rng.getrandbits(31), [passage.format(*r) for r in relevant], lambda items: (
         "Rank the documents by how many words of the query they contain, most first. Write the IDs of the "
         "10 most relevant documents in this format:\nRanking: ID3 > ID1 > ID2\n\n" + "\n".join(items)
-        + f"\n\nQuery: {' '.join(query)}\nRanking:"))
+        + f"\n\n{RERANK_RESTATED}\n\nQuery: {' '.join(query)}\nRanking:"))
     prompt, fitted = common.fill(s.tokenizer, render, distractors, budget)
     qrels = [f"{i}:{o}" for i, o, _ in relevant] + [f"{p.split(']')[0][5:]}:0" for p in distractors[:fitted]]
     gold = " > ".join(i for i, _, _ in sorted(relevant, key=lambda r: -r[1]))
