@@ -95,6 +95,7 @@ class PruLongTrainer(Trainer):
             raise ValueError(f"{error} (the learned scores are saved in {out / 'scores.tsv'}: "
                              "`kvbench prulong export` them at another sparsity)") from None
         patterns.write_table(pattern, out / "pattern.tsv")
-        return {"scores": out / "scores.tsv", "pattern": out / "pattern.tsv", "log": log,
-                "expected_sparsity": float(gates.expected_sparsity()),
-                "deterministic_sparsity": float((gates.deterministic() == 0).double().mean())}
+        with torch.no_grad():
+            return {"scores": out / "scores.tsv", "pattern": out / "pattern.tsv", "log": log,
+                    "expected_sparsity": gates.expected_sparsity().item(),
+                    "deterministic_sparsity": (gates.deterministic() == 0).double().mean().item()}
