@@ -275,6 +275,8 @@ def _training_arguments(parser, lr: float) -> None:
     parser.add_argument("--data", default="synthetic",
                         help='"synthetic" (the generators) or a .txt / .jsonl file ({"text"} or {"prompt", "answer"} rows)')
     parser.add_argument("--tasks", nargs="+", default=["synth_recall"], help="synthetic tasks, taken in turn")
+    parser.add_argument("--answers", choices=["gold", "model"], default="gold",
+                        help="synthetic data: supervise the gold answers or the model's own at full attention")
     parser.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=4, help="sequences per step (per process)")
@@ -300,7 +302,8 @@ def _train_settings(args):
     from kvbench.prulong.common import TrainSettings
 
     return TrainSettings(
-        model=args.model, out=Path(args.out), data=args.data, tasks=tuple(args.tasks), seq_len=args.seq_len,
+        model=args.model, out=Path(args.out), data=args.data, tasks=tuple(args.tasks), answers=args.answers,
+        seq_len=args.seq_len,
         steps=args.steps, batch_size=args.batch_size, sink=args.sink, window=args.window, lr=args.lr,
         seed=args.seed, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         log_every=args.log_every,

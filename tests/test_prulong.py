@@ -180,6 +180,22 @@ def test_file_data_text_and_prompt_answer_rows(tmp_path):
     assert ids.shape == (2, len(qa.ids)) and int(mask[1].sum()) == len(plain.ids)  # right-padded, pads masked
 
 
+def test_synthetic_sequences_supervise_the_gold_or_the_given_answer():
+    from kvbench import tiny
+
+    _, tokenizer = tiny.load()
+    gold = next(data.synthetic_sequences(tokenizer, ("synth_recall",), 1024, seed=3))
+    asked = []
+    own = next(data.synthetic_sequences(tokenizer, ("synth_recall",), 1024, seed=3,
+                                        answer_fn=lambda task, prompt: asked.append(task) or "0042"))
+    assert asked == ["synth_recall"]
+    supervised = tokenizer.decode(own.ids[own.loss_mask])
+    assert supervised == "0042\n" and torch.equal(own.ids[~own.loss_mask], gold.ids[~gold.loss_mask])
+    answer = tokenizer.decode(gold.ids[gold.loss_mask])
+    assert answer.endswith("\n") and answer[:-1].isdigit() and len(answer) == 5  # a 4-digit value, then newline
+    assert len(gold.ids) <= 1024
+
+
 @pytest.mark.parametrize("content,suffix,message", [
     ('{"text": "ok"}\n{oops\n', ".jsonl", r"b\.jsonl:2: not JSON"),
     ('{"question": "no"}\n', ".jsonl", r'b\.jsonl:1: each row needs "text", or "prompt" and "answer"'),

@@ -23,6 +23,7 @@ class TrainSettings:
     out: Path
     data: str = "synthetic"  # "synthetic" (the generators) or a .txt / .jsonl file
     tasks: tuple[str, ...] = ("synth_recall",)  # synthetic tasks, taken in turn
+    answers: str = "gold"  # synthetic data: supervise the gold answer, or the model's own at full attention ("model")
     seq_len: int = 1024  # tokens per training sequence
     steps: int = 200
     batch_size: int = 4  # sequences per step (per process under accelerate)
@@ -43,6 +44,8 @@ class TrainSettings:
         for name in ("seq_len", "steps", "batch_size", "log_every"):
             positive_int(name)
         check_sink_and_window(self.sink, self.window)
+        if self.answers not in ("gold", "model"):
+            raise ValueError(f"answers must be gold or model; got {self.answers!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if not self.lr > 0:
@@ -70,15 +73,27 @@ def shape(model) -> ModelShape:
     return ModelShape.from_config(model.config)
 
 
-def training_batches(settings: TrainSettings, tokenizer, process_index: int = 0):
+def training_batches(settings: TrainSettings, model, tokenizer, process_index: int = 0):
     """Each process (accelerate, one per GPU) draws its own sequences: the seed is offset by its index."""
     seed = settings.seed + 1_000_003 * process_index
     if settings.data == "synthetic":
-        sequences = data.synthetic_sequences(tokenizer, settings.tasks, settings.seq_len, seed)
+        answer_fn = None
+        if settings.answers == "model":
+            answer_fn = lambda task, prompt: own_answer(model, tokenizer, task, prompt)
+        sequences = data.synthetic_sequences(tokenizer, settings.tasks, settings.seq_len, seed, answer_fn)
     else:
         sequences = data.file_sequences(tokenizer, settings.data, settings.seq_len, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return data.batches(sequences, settings.batch_size, pad)
+
+
+def own_answer(model, tokenizer, task: str, prompt: str) -> str:
+    """The model's greedy answer with full attention (kvbench's engine, as the tasks are evaluated)."""
+    from kvbench.data.synth import GEN_TOKENS
+    from kvbench.engine import generate
+    from kvbench.methods.full import Full
+
+    return generate(model, prompt, Full(), tokenizer=tokenizer, max_new_tokens=GEN_TOKENS[task], stop=["\n"]).text
 
 
 def final_hidden(model, ids: torch.Tensor, gates: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
@@ -131,7 +146,7 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         optimizers = self.optimizers()
         wrapped, *optimizers = accelerator.prepare(self.trainable, *optimizers)
-        batches = training_batches(s, self.tokenizer, accelerator.process_index)
+        batches = training_batches(s, self.model, self.tokenizer, accelerator.process_index)
         torch.manual_seed(s.seed + accelerator.process_index)  # the gates' noise, too, differs per process
         log, log_path = [], out / "training_log.jsonl"
         if accelerator.is_main_process:

@@ -3,7 +3,11 @@
 Two sources:
 - the synthetic task generators (`kvbench.data.synth`): prompt + answer + newline, the loss on the answer
   (the prompt's keys and filler are random: predicting them teaches nothing about which heads retrieve).
-  Seeds differ from the evaluation's (seed 42), so training never sees an evaluated prompt.
+  Seeds differ from the evaluation's (seed 42), so training never sees an evaluated prompt. The answer is the
+  gold one or the model's own at full attention (`answers="model"`): a gold re-ranking orders equally relevant
+  documents arbitrarily, so its next-token loss mostly measures tie order, not whether the model can still
+  read the documents; the model's own answer is what full attention would produce, as DuoAttention's
+  objective compares against full attention.
 - the user's own files: `.txt` (one text, cut into sequences, loss on every token) or `.jsonl` with either
   {"text": ...} per line (the same) or {"prompt": ..., "answer": ...} (loss on the answer).
 """
@@ -40,8 +44,10 @@ def answer_sequence(tokenizer, prompt: str, answer: str) -> Sequence:
     return Sequence(ids, mask)
 
 
-def synthetic_sequences(tokenizer, tasks=("synth_recall",), length: int = 1024, seed: int = 0) -> Iterator[Sequence]:
-    """An endless stream of synthetic prompts, the tasks taken in turn."""
+def synthetic_sequences(tokenizer, tasks=("synth_recall",), length: int = 1024, seed: int = 0,
+                        answer_fn=None) -> Iterator[Sequence]:
+    """An endless stream of synthetic prompts, the tasks taken in turn, supervised on the gold answer or, with
+    `answer_fn(task, prompt)`, on another (e.g. the model's own full-attention answer)."""
     unknown = sorted(set(tasks) - set(SYNTHETIC))
     if unknown:
         raise ValueError(f"unknown synthetic task(s) {', '.join(unknown)}; choose from {', '.join(SYNTHETIC)}")
@@ -50,7 +56,8 @@ def synthetic_sequences(tokenizer, tasks=("synth_recall",), length: int = 1024, 
         task = tasks[i % len(tasks)]
         rng = random.Random(common.rng_seed(task, s.seed, s.length, i))
         sample = synth.GENERATORS[task](s, rng, s.length - synth.GEN_TOKENS[task])
-        yield answer_sequence(tokenizer, sample["prompt"], sample["answers"][0])
+        answer = sample["answers"][0] if answer_fn is None else answer_fn(task, sample["prompt"])
+        yield answer_sequence(tokenizer, sample["prompt"], answer)
 
 
 def file_sequences(tokenizer, path, length: int, seed: int = 0) -> Iterator[Sequence]:
