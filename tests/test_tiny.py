@@ -159,8 +159,8 @@ def _head_pattern_recall(model, tokenizer, prompts, method: str, pattern: str, h
 
 def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(model_and_tokenizer, recall_prompts,
                                                                                full_recall, tmp_path):
-    """Half the heads streaming: PruLong's learned choice against every other choice of two heads of four
-    (their mean is what a uniformly random pattern with the same share scores)."""
+    """Half the heads streaming: PruLong's learned choice against every choice of two heads of four (their
+    mean is what a uniformly random pattern with the same share scores on average)."""
     model, tokenizer = model_and_tokenizer
     learned = _head_pattern_recall(model, tokenizer, recall_prompts, "prulong", tiny.NAME)
     assert learned.score >= 0.9 * full_recall.score
@@ -178,7 +178,9 @@ def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(
         path = write_table(pattern, tmp_path / f"random-{len(scores)}.tsv")
         scores.append(_head_pattern_recall(model, tokenizer, recall_prompts, "prulong", str(path)).score)
     assert len(scores) == 6
-    assert sum(scores) / len(scores) <= 0.5 * full_recall.score  # a random pattern: clearly worse
+    # Recall needs one head (layer 1, KV head 0): a random pattern keeps it 3 times in 6, so expect ~0.5 x full.
+    random_mean = sum(scores) / len(scores)
+    assert random_mean <= 0.6 * full_recall.score and learned.score - random_mean >= 0.3 * full_recall.score
 
 
 def test_the_trained_duoattention_gates_keep_recall_at_half_the_heads(model_and_tokenizer, recall_prompts, full_recall):

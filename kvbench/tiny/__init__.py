@@ -15,7 +15,7 @@ PATTERN_DIR = Path(__file__).resolve().parent / "patterns"
 # Head patterns trained for it (`kvbench prulong train` / `kvbench duo train`, see patterns/README.md), used
 # as `method=prulong,pattern=kvbench-tiny` with the sink and window they were trained with.
 PATTERNS = {"prulong": PATTERN_DIR / "prulong" / "scores.tsv", "duoattention": PATTERN_DIR / "duoattention" / "gates.tsv"}
-PATTERN_SINK, PATTERN_WINDOW = 4, 32
+PATTERN_SINK, PATTERN_WINDOW = 4, 64  # layer 0 of kvbench-tiny looks back at most 36 tokens
 
 
 def resolve_pattern(method: str, pattern: str) -> str:
