@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="offline: a small sweep on the bundled tiny model -> critical-KV-footprint table and plot"
     )
     demo.add_argument("--out", default="kvbench-demo", help="folder for the sweep, table and plot (default kvbench-demo)")
-    demo.add_argument("--samples", type=int, default=3, help="samples per task (default 3)")
+    demo.add_argument("--samples", type=int, default=5, help="samples per task (default 5)")
     demo.add_argument("--quick", action="store_true", help="one budget each of four methods (what CI runs)")
     demo.add_argument("--length", type=int, default=1024, help="context length in tokens (default 1024)")
     demo.add_argument("--chunk-size", type=int, default=256, help="prefill chunk size (default 256)")

@@ -300,7 +300,9 @@ def test_duo_training_on_kvbench_tiny_keeps_the_retrieval_head_gate_highest(tmp_
     gates = read_pattern(result["gates"])
     assert gates.shape == (2, 2) and gates.min() >= 0 and gates.max() <= 1
     assert int(gates.flatten().argmax()) == 2 and gates[1, 0] > 0.8  # the recall head stays full ...
-    assert gates.flatten()[[0, 1, 3]].max() < 0.5  # ... the others, not needed for recall, fall
+    assert gates[1, 1] < 0.5 and gates[0, 0] < 0.5  # ... the re-rank head and layer 0's first head fall
+    # (layer 0's KV head 1 averages tokens up to 36 back: a 16-token window nudges the hidden states, so
+    # DuoAttention's distance keeps it; PruLong's next-token loss above does not)
     assert result["log"][0]["distance"] == pytest.approx(0.0, abs=1e-6)  # all gates 1: mixed == full
 
 

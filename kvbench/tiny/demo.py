@@ -20,18 +20,18 @@ SCORING = {"recent": 16, "obs_window": 16}  # the tiny model's facts are a few t
 # naive one and the patched one), PyramidKV, and the two head-pattern methods with the patterns trained for it.
 METHODS = [
     ("full", {}, None),
-    ("streamingllm", {"sink": 4}, [32, 256]),
-    ("snapkv", {"schedule": "chunked", **SCORING}, [0.05, 0.3]),
-    ("snapkv", {"schedule": "patched", **SCORING}, [0.05, 0.3]),
-    ("pyramidkv", {"schedule": "patched", **SCORING}, [0.05, 0.3]),
-    ("duoattention", HEADS, [0.5, 0.75]),
-    ("prulong", HEADS, [0.5, 0.75]),
+    ("streamingllm", {"sink": 4}, [32, 128, 512]),
+    ("snapkv", {"schedule": "chunked", **SCORING}, [0.02, 0.1, 0.3]),
+    ("snapkv", {"schedule": "patched", **SCORING}, [0.02, 0.1, 0.3]),
+    ("pyramidkv", {"schedule": "patched", **SCORING}, [0.02, 0.1, 0.3]),
+    ("duoattention", HEADS, [0.25, 0.5, 0.75]),
+    ("prulong", HEADS, [0.25, 0.5, 0.75]),
 ]
 QUICK_METHODS = [("full", {}, None), ("streamingllm", {"sink": 4}, [32]),
                  ("snapkv", {"schedule": "patched", **SCORING}, [0.05]), ("prulong", HEADS, [0.5])]
 
 
-def config(samples: int = 3, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS) -> dict:
+def config(samples: int = 5, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS) -> dict:
     methods = []
     for name, params, values in (QUICK_METHODS if quick else METHODS):
         entry = {"name": name, "params": dict(params)}
@@ -42,7 +42,7 @@ def config(samples: int = 3, length: int = 1024, chunk_size: int = 256, quick: b
             "chunk_sizes": [chunk_size], "metadata": {"num_samples": samples}, "model_args": {"device": "cpu"}}
 
 
-def run(out, samples: int = 3, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS,
+def run(out, samples: int = 5, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS,
         threshold: float = 0.9) -> str:
     """Run (or resume) the demo sweep under `out`; write leaderboard.md and leaderboard.png; return the table."""
     from kvbench import leaderboard, scoring, sweep
