@@ -321,3 +321,24 @@ def test_duo_training_reads_plain_text_and_checks_its_settings(tmp_path):
             DuoTrainer(TrainSettings(**{**settings.__dict__, field: value}))
     with pytest.raises(ValueError, match="reg"):
         DuoTrainer(settings, reg=-1.0)
+
+
+def test_the_gpu_recipe_runs_on_cpu_in_bfloat16_with_gradient_checkpointing(tmp_path):
+    """The settings of a GPU run (bf16 weights, recomputed activations, a streaming block smaller than the
+    sequence) through the same loop; the gates stay float32 and still get gradients."""
+    save_tiny_checkpoint(tmp_path / "model")
+    (tmp_path / "text.txt").write_text("Question: what is the value of key 42? Answer: 17. " * 40)
+    settings = TrainSettings(model=str(tmp_path / "model"), out=tmp_path / "out", data=str(tmp_path / "text.txt"),
+                             seq_len=80, steps=4, batch_size=2, sink=1, window=8, lr=0.5, log_every=1,
+                             dtype="bfloat16", gradient_checkpointing=True)
+    trainer = PruLongTrainer(settings, target_sparsity=0.5, warmup_fraction=0.0)
+    assert trainer.model.dtype == torch.bfloat16 and trainer.model.is_activation_checkpointing
+    assert trainer.model.training  # transformers recomputes activations only in training mode
+    attention_calls = []
+    trainer.model.base_model.layers[0].self_attn.register_forward_hook(lambda *args: attention_calls.append(1))
+    result = trainer.train(progress=False)
+    assert len(attention_calls) == 2 * settings.steps  # once forward, once more in backward: recomputed
+    assert trainer.trainable.gates.log_alpha.dtype == torch.float32
+    scores = read_pattern(result["scores"])
+    assert not torch.allclose(scores, torch.full_like(scores, 4.5), atol=0.1)  # the gates moved
+    assert all(math.isfinite(r["lm_loss"]) for r in result["log"])

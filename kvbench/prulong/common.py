@@ -121,7 +121,10 @@ class Trainer:
         self.model, self.tokenizer = load_model(settings.model, settings.dtype)
         self.shape = shape(self.model)
         if settings.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # transformers recomputes layers only in training mode; the frozen weights are not trained, and
+            # long-context LLMs train without dropout, so train mode changes nothing else.
+            self.model.train()
         self.trainable = self.make_trainable()
 
     def make_trainable(self) -> nn.Module:
