@@ -41,7 +41,7 @@ def mixed_attention(module, query, key, value, attention_mask, scaling=None, dro
     mix: Mix | None = kwargs.get("kvbench_mix")
     if mix is None:
         raise RuntimeError("the 'kvbench_mixed' attention needs kvbench_mix=Mix(...) in the model call")
-    if kwargs.get("past_key_values") is not None and query.shape[2] != key.shape[2]:
+    if query.shape[2] != key.shape[2]:  # keys from a cache: the causal masks below assume one whole sequence
         raise RuntimeError("mixed attention trains on whole sequences; it does not run with a KV cache")
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     gates = mix.gates[module.layer_idx]
