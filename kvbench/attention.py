@@ -8,6 +8,8 @@ method what to keep. GQA runs on the KV heads as stored: no copy per query head.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -101,6 +103,17 @@ def require_attention_interface(model, consequence: str) -> None:
             f"{type(model).__name__} does not route attention through transformers' AttentionInterface, so "
             f"{consequence}; use a model family that does (Llama, Qwen2/Qwen3, Mistral, ...)"
         )
+
+
+@contextmanager
+def attention_implementation(model, name: str):
+    """Run the model with the registered attention function `name`, restoring its own afterwards."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 def no_mask(*args, **kwargs):

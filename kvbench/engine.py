@@ -7,7 +7,6 @@ is no longer the position of the next token.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,15 +199,9 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-@contextlib.contextmanager
 def kvbench_attention(model):
     """Route the model's attention through kvbench for the duration of a request."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(attention.ATTENTION_NAME)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
+    return attention.attention_implementation(model, attention.ATTENTION_NAME)
 
 
 def _prompt_ids(prompt, tokenizer) -> torch.Tensor:

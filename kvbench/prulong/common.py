@@ -69,10 +69,6 @@ def load_model(name: str, dtype: str):
     return model.eval(), AutoTokenizer.from_pretrained(path)  # eval: no dropout in the frozen model
 
 
-def shape(model) -> ModelShape:
-    return ModelShape.from_config(model.config)
-
-
 def training_batches(settings: TrainSettings, model, tokenizer, process_index: int = 0):
     """Each process (accelerate, one per GPU) draws its own sequences: the seed is offset by its index."""
     seed = settings.seed + 1_000_003 * process_index
@@ -119,7 +115,7 @@ class Trainer:
         self.settings = settings
         torch.manual_seed(settings.seed)
         self.model, self.tokenizer = load_model(settings.model, settings.dtype)
-        self.shape = shape(self.model)
+        self.shape = ModelShape.from_config(self.model.config)
         if settings.gradient_checkpointing:
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             # transformers recomputes layers only in training mode; the frozen weights are not trained, and

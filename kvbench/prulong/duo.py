@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kvbench.method import ModelShape
 from kvbench.prulong import patterns
 from kvbench.prulong.common import Trainer, TrainSettings, final_hidden
 
@@ -29,9 +30,8 @@ class DuoGates(nn.Module):
     def __init__(self, model, settings: TrainSettings, reg: float):
         super().__init__()
         self.model = model  # frozen
-        config = model.config
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.gates = nn.Parameter(torch.ones(config.num_hidden_layers, kv_heads))
+        shape = ModelShape.from_config(model.config)
+        self.gates = nn.Parameter(torch.ones(shape.num_layers, shape.num_kv_heads))
         self.settings, self.reg = settings, reg
 
     def forward(self, ids, loss_mask, step: int):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kvbench.prulong.patterns import check_sparsity
+
 
 class SparsityLagrangian(nn.Module):
     def __init__(self):
@@ -38,8 +40,4 @@ def target_sparsity(step: int, total_steps: int, target: float, warmup_fraction:
 
 
 def check_target(target) -> None:
-    if not isinstance(target, (int, float)) or not 0 <= target < 1:
-        raise ValueError(
-            f"target sparsity (the share of streaming heads) must be in [0, 1); got {target!r} "
-            "(1 would leave no full-attention head anywhere)"
-        )
+    check_sparsity(target, "target sparsity (the share of streaming heads)")

@@ -14,7 +14,6 @@ sequences fit. Full attention is plain causal sdpa (flash / memory-efficient ker
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from kvbench.attention import no_mask, require_attention_interface
+from kvbench.attention import attention_implementation, no_mask, require_attention_interface
 from kvbench.methods.streamingllm import check_sink_and_window
 
 MIXED_ATTENTION = "kvbench_mixed"
@@ -78,14 +77,8 @@ AttentionInterface.register(MIXED_ATTENTION, mixed_attention)
 AttentionMaskInterface.register(MIXED_ATTENTION, no_mask)  # unpadded or right-padded: causality suffices
 
 
-@contextmanager
 def mixing(model, sink: int, window: int):
     """Route the model's attention through mixed attention while training a head pattern."""
     require_attention_interface(model, "its heads cannot be mixed between full and streaming attention")
     check_sink_and_window(sink, window)
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(MIXED_ATTENTION)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
+    return attention_implementation(model, MIXED_ATTENTION)

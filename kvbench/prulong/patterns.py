@@ -14,9 +14,10 @@ import torch
 from kvbench.methods.head_pattern import streaming_heads
 
 
-def check_export_sparsity(sparsity) -> None:
+def check_sparsity(sparsity, what: str = "export head sparsity") -> None:
+    """A share of streaming heads to train for or export: 1 would leave no full-attention head anywhere."""
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"export head sparsity must be in [0, 1); got {sparsity!r} (1 leaves no full head)")
+        raise ValueError(f"{what} must be in [0, 1); got {sparsity!r} (1 would leave no full-attention head)")
 
 
 def binary_pattern(scores: torch.Tensor, sparsity: float, min_full_per_layer: int = 0) -> torch.Tensor:
@@ -25,7 +26,7 @@ def binary_pattern(scores: torch.Tensor, sparsity: float, min_full_per_layer: in
     `min_full_per_layer` forbids layers with fewer full heads than that: such an export is an error rather
     than a silently different sparsity.
     """
-    check_export_sparsity(sparsity)
+    check_sparsity(sparsity)
     if not isinstance(min_full_per_layer, int) or not 0 <= min_full_per_layer <= scores.shape[1]:
         raise ValueError(
             f"min_full_per_layer must be an integer in [0, {scores.shape[1]}] (the KV heads per layer); "

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kvbench.method import ModelShape
 from kvbench.prulong import data, patterns
 from kvbench.prulong.common import Trainer, TrainSettings, final_hidden
 from kvbench.prulong.gates import HardConcreteGates
@@ -30,10 +31,8 @@ class GatedModel(nn.Module):
     def __init__(self, model, settings: TrainSettings, target: float, warmup: float, generator=None):
         super().__init__()
         self.model = model  # frozen
-        shape = model.config
-        self.gates = HardConcreteGates(shape.num_hidden_layers,
-                                       getattr(shape, "num_key_value_heads", None) or shape.num_attention_heads,
-                                       generator=generator)
+        shape = ModelShape.from_config(model.config)
+        self.gates = HardConcreteGates(shape.num_layers, shape.num_kv_heads, generator=generator)
         self.lagrangian = SparsityLagrangian()
         self.settings, self.target, self.warmup = settings, target, warmup
 
@@ -60,7 +59,7 @@ class PruLongTrainer(Trainer):
             raise ValueError(f"lambda lr must be > 0; got {lambda_lr!r}")
         self.target, self.warmup, self.lambda_lr = target_sparsity, warmup_fraction, lambda_lr
         self.export_sparsity = target_sparsity if export_sparsity is None else export_sparsity
-        patterns.check_export_sparsity(self.export_sparsity)
+        patterns.check_sparsity(self.export_sparsity)
         self.min_full_per_layer = min_full_per_layer
         super().__init__(settings)
         # Refuse now, not after training, an export no learned scores could satisfy.
