@@ -88,7 +88,7 @@ def to_csv(table: list[dict]) -> str:
 def to_json(table: list[dict], boards: list[GroupBoard], threshold: float) -> str:
     runs = [{"model": b.model, "context_length": b.context_length, "chunk_size": b.chunk_size,
              "category": c, "baseline_score": cb.baseline, "method": p.method, "params": p.params,
-             "score": p.score, "footprint": p.footprint, "peak": p.peak, "peak_bytes": p.peak_bytes, "file": p.path}
+             "score": p.score, "footprint": p.footprint, "peak": p.peak, "peak_bytes": p.peak_bytes, "files": list(p.files)}
             for b in boards for c, cb in b.categories.items() for p in cb.points]
     return json.dumps({"threshold": threshold, "critical": table, "runs": runs}, indent=1, default=str)
 

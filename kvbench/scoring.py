@@ -8,6 +8,7 @@ Works on any lm-eval results JSON written with `--model kvbench` (a sweep's `res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections import defaultdict
@@ -22,7 +23,8 @@ NOT_SCORES = {"kv_footprint", "kv_peak", "name", "alias", "sample_len", "sample_
 
 
 class ResultFileWarning(UserWarning):
-    """A result file was left out (malformed, partial, or not a kvbench run)."""
+    """A result file or a setting was left out (malformed, partial, not a kvbench run, missing a task), or a task
+    found in several files was averaged."""
 
 
 @dataclass(frozen=True)
@@ -45,20 +47,21 @@ class Run:
     method: str
     params: dict
     chunk_size: int
+    knob: str | None = None  # the parameter a sweep varied, when the file records it
     tasks: list[TaskResult] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Point:
-    """A run's figures in one category: means over the category's tasks."""
+    """A setting's figures in one category: means over the category's tasks (which may come from several files)."""
 
-    method: str  # the label: method name, plus the fixed parameters that tell its variants apart
+    method: str  # the curve's label: method name, plus the fixed parameters that tell its variants apart
     params: dict
     score: float
     footprint: float
     peak: float
     peak_bytes: float
-    path: str
+    files: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,10 @@ def read_run(path, categories: dict[str, str]) -> Run:
     kv = data.get("config", {}).get("kvbench")
     if not kv:
         raise ValueError("no config.kvbench: not run with `--model kvbench`, so no footprint")
-    run = Run(str(path), str(kv["model"]), str(kv["method"]), dict(kv.get("method_params", {})),
-              int(kv["chunk_size"]))
+    method = str(kv["method"])
+    knob = data["config"].get("kvbench_sweep", {}).get("knob")
+    run = Run(str(path), str(kv["model"]), method, _with_defaults(method, dict(kv.get("method_params", {}))),
+              int(kv["chunk_size"]), knob)
     configs = data.get("configs", {})
     for task, footprint in kv["tasks"].items():
         if task not in data["results"]:
@@ -199,25 +204,60 @@ def critical_footprint(points: list[tuple[float, float]], target: float,
 
 
 # ---- the board ----
+#
+# A *setting* is one method with all its parameters fixed: one point of its curve. A sweep writes one file per
+# (setting, task), a plain lm_eval run one file per setting with all its tasks; either way a setting's point in a
+# category is the mean over the category's tasks, and only over the tasks its baseline ran too.
+
+SettingKey = tuple[str, str]  # (method, its parameters as canonical JSON)
 
 
-def method_labels(runs: list[Run]) -> dict[str, str]:
-    """Label each run by its method name plus the parameters that are fixed within a curve but differ
-    between curves of that method (e.g. pyramidkv's schedule): one curve per label. The knob (the
-    parameter a sweep varies) is the registered method's, else the one parameter that varies."""
-    by_method = defaultdict(list)
+def setting_key(run: Run) -> SettingKey:
+    return run.method, json.dumps(run.params, sort_keys=True, default=str)
+
+
+def _describe(key: SettingKey) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in json.loads(key[1]).items())
+    return f"{key[0]}({params})"
+
+
+def baseline_key() -> SettingKey:
+    """`full` at its default parameters (16-bit KV): full attention with kv_bits 8 or 4 is a curve like any other."""
+    return BASELINE, json.dumps(_with_defaults(BASELINE, {}), sort_keys=True, default=str)
+
+
+def curve_labels(runs: list[Run]) -> dict[SettingKey, str]:
+    """Label each setting with its curve: the method name plus the fixed parameters that differ between curves of
+    that method (e.g. snapkv's schedule). A curve varies one parameter, its knob: the one the results file records
+    (a sweep records it), else the one parameter that varies among the method's settings, else the registered knob.
+    A method swept along two knobs gives two curves, each label naming its knob."""
+    settings: dict[str, dict[SettingKey, dict]] = defaultdict(dict)
+    knobs: dict[SettingKey, set] = defaultdict(set)
+    base = baseline_key()
     for run in runs:
-        by_method[run.method].append(run)
-    labels = {}
-    for method, group in by_method.items():
-        varying = sorted({k for r in group for k in r.params if len({repr(o.params.get(k)) for o in group}) > 1})
-        knob = _registered_knob(method)
-        if knob is None and len(varying) == 1:
-            knob = varying[0]
-        shown = [k for k in varying if k != knob]
-        for run in group:
-            extra = ", ".join(f"{k}={run.params.get(k)}" for k in shown)
-            labels[run.path] = f"{method} ({extra})" if extra else method
+        key = setting_key(run)
+        if key != base:
+            settings[run.method][key] = run.params
+            knobs[key].update([run.knob] if run.knob else [])
+    labels = {base: BASELINE}
+    for method, params in settings.items():
+        varying = sorted({k for p in params.values() for k in p
+                          if len({repr(other.get(k)) for other in params.values()}) > 1})
+        fallback = varying[0] if len(varying) == 1 else _registered_knob(method)
+        knob_of = {key: next(iter(knobs[key])) if len(knobs[key]) == 1 else fallback for key in params}
+        named_knob = len(set(knob_of.values())) > 1
+        curves: dict[tuple, list[SettingKey]] = defaultdict(list)
+        for key, p in params.items():
+            # None marks the unused alternative (snapkv's budget when it runs by keep): nothing to tell apart
+            fixed = [f"{k}={p.get(k)}" for k in varying if k != knob_of[key] and p.get(k) is not None]
+            curves[(*fixed, f"by {knob_of[key]}") if named_knob else tuple(fixed)].append(key)
+        default = json.loads(base[1])
+        for fixed, keys in curves.items():
+            if method == BASELINE:  # "full" alone would read as the baseline: name what differs from it
+                named = {f.split("=")[0] for f in fixed}
+                for name in sorted({k for key in keys for k, v in params[key].items() if v != default.get(k)} - named):
+                    fixed += (f"{name}=" + "/".join(sorted({str(params[key].get(name)) for key in keys})),)
+            labels.update(dict.fromkeys(keys, f"{method} ({', '.join(fixed)})" if fixed else method))
     return labels
 
 
@@ -230,32 +270,60 @@ def _registered_knob(method: str) -> str | None:
         return None
 
 
+def _with_defaults(method: str, params: dict) -> dict:
+    """The setting's parameters with the registered method's defaults filled in, so that a file that records
+    fewer parameters (an older kvbench) names the same setting."""
+    try:
+        from kvbench.plugins import method_class
+
+        fields = dataclasses.fields(method_class(method))
+    except Exception:  # noqa: BLE001 - a method from a plugin not installed here: take the file's word
+        return dict(params)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    return {**defaults, **params}
+
+
 def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[GroupBoard]:
-    """Group task results by (model, context length, chunk size); per category, score every run against
-    `full` and find each method's critical footprint."""
+    """Group task results by (model, context length, chunk size); per category, make each setting's point from
+    its tasks, score it against `full`'s, and find each curve's critical footprint."""
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1]; got {threshold}")
-    labels = method_labels(runs)
-    # (model, context length, chunk size) -> category -> run path -> its tasks in that category
-    grouped = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    by_path = {run.path: run for run in runs}
+    labels = curve_labels(runs)
+    base = baseline_key()
+    # (model, context length, chunk size) -> category -> setting -> task -> [(result, file)]
+    grouped = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    params_of = {}
     for run in runs:
+        key = setting_key(run)
+        params_of[key] = run.params
         for task in run.tasks:
-            grouped[(run.model, task.context_length, run.chunk_size)][task.category][run.path].append(task)
+            grouped[(run.model, task.context_length, run.chunk_size)][task.category][key][task.task].append(
+                (task, run.path))
     boards = []
     for (model, context_length, chunk_size), categories in sorted(grouped.items(), key=lambda kv: tuple(map(str, kv[0]))):
         board = GroupBoard(model, context_length, chunk_size, {})
-        for category, per_run in sorted(categories.items()):
-            points = [_point(by_path[path], labels[path], tasks) for path, tasks in per_run.items()]
-            base = [p for p in points if by_path[p.path].method == BASELINE]
-            if not base:
-                raise ValueError(f"no baseline: group {board.name} has no run of method '{BASELINE}' "
-                                 f"for category {category!r} (run `full` with the same model, context length "
-                                 "and chunk size)")
-            baseline = sum(p.score for p in base) / len(base)
+        for category, settings in sorted(categories.items()):
+            where = f"{board.name}, category {category!r}"
+            if base not in settings:
+                raise ValueError(f"no baseline: group {board.name} has no run of method '{BASELINE}' at its default "
+                                 f"parameters for category {category!r} (run `full` with the same model, context "
+                                 "length and chunk size)")
+            tasks = sorted(settings[base])
+            points = {}
+            for key, per_task in settings.items():
+                missing = [t for t in tasks if t not in per_task]
+                if missing:
+                    _warn(f"{where}: setting {_describe(key)} lacks task(s) {', '.join(missing)} that the baseline "
+                          "ran; left out of this category")
+                    continue
+                extra = sorted(set(per_task) - set(tasks))
+                if extra:
+                    _warn(f"{where}: task(s) {', '.join(extra)} of setting {_describe(key)} have no baseline run; "
+                          "not counted")
+                points[key] = _point(labels[key], params_of[key], [per_task[t] for t in tasks], where)
+            baseline = points.pop(base).score
             target = threshold * baseline
-            others = sorted((p for p in points if by_path[p.path].method != BASELINE),
-                            key=lambda p: (p.method, p.footprint))
+            others = sorted(points.values(), key=lambda p: (p.method, p.footprint))
             curves = defaultdict(list)
             for p in others:
                 curves[p.method].append(p)
@@ -269,11 +337,22 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Gr
     return boards
 
 
-def _point(run: Run, label: str, tasks: list[TaskResult]) -> Point:
-    def mean(name):
-        return sum(getattr(t, name) for t in tasks) / len(tasks)
+def _point(label: str, params: dict, per_task: list[list[tuple[TaskResult, str]]], where: str) -> Point:
+    """Means over the tasks; a task found in several files (a rerun) counts once, as the mean of its files."""
+    task_means = []
+    for results in per_task:
+        if len(results) > 1:
+            _warn(f"{where}: task {results[0][0].task!r} of one setting is in {len(results)} files "
+                  f"({', '.join(path for _, path in results)}); using their mean")
+        task_means.append({name: sum(getattr(r, name) for r, _ in results) / len(results)
+                           for name in ("score", "footprint", "peak", "peak_bytes")})
+    mean = {name: sum(t[name] for t in task_means) / len(task_means) for name in task_means[0]}
+    files = tuple(sorted({path for results in per_task for _, path in results}))
+    return Point(label, params, mean["score"], mean["footprint"], mean["peak"], mean["peak_bytes"], files)
 
-    return Point(label, run.params, mean("score"), mean("footprint"), mean("peak"), mean("peak_bytes"), run.path)
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ResultFileWarning, stacklevel=3)
 
 
 def parse_categories(pairs: list[str] | None) -> dict[str, str]:

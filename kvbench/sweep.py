@@ -53,6 +53,9 @@ class Cell:
     metadata: dict
     model_args: dict
     limit: int | float | None
+    # The parameter this cell's method entry varies (recorded for the scorer, which draws one curve per knob).
+    # It says how cells relate, not what a cell runs: it is not part of the key, so results stay where they are.
+    knob: str | None = dataclasses.field(default=None, compare=False)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,7 +63,8 @@ class Cell:
     @property
     def key(self) -> str:
         """A stable digest of the configuration: the same cell has the same folder on any machine and rerun."""
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        run = {k: v for k, v in self.as_dict().items() if k != "knob"}
+        return hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:16]
 
     def folder(self, out: Path) -> Path:
         return out / f"{self.method}-{self.key}"
@@ -123,7 +127,8 @@ def cells(config: dict) -> list[Cell]:
                         for task in config["tasks"]:
                             grid.append(Cell(str(model), entry["name"], params, task, int(context_length),
                                              int(chunk_size), dict(config.get("metadata") or {}),
-                                             dict(config.get("model_args") or {}), config.get("limit")))
+                                             dict(config.get("model_args") or {}), config.get("limit"),
+                                             knob if values else None))
     return grid
 
 

@@ -40,9 +40,8 @@ def test_reported_rows_are_marked_and_never_mixed_in(tmp_path):
 def test_html_is_self_contained_sortable_and_escapes_names(tmp_path):
     folder = write_curve(tmp_path)
     evil = "<script>alert(1)</script>"
-    for name, method in (("full", "full"), ("x", evil)):
-        result_file(folder / f"results_evil_{name}.json", method, {"keep": 0.5},
-                    {"<b>task</b>": ("<i>cat</i>", 1.0, 0.5)})
+    for name, method, params in (("full", "full", {}), ("x", evil, {"keep": 0.5})):
+        result_file(folder / f"results_evil_{name}.json", method, params, {"<b>task</b>": ("<i>cat</i>", 1.0, 0.5)})
     page = leaderboard.render(score_runs(load_runs([folder])), "html", 0.9)
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<i>cat</i>" not in page and "&lt;i&gt;cat&lt;/i&gt;" in page

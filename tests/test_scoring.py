@@ -155,3 +155,104 @@ def test_variants_of_a_method_are_separate_curves(tmp_path):
     [board] = score_runs(load_runs([folder]))
     assert set(board.categories["recall"].critical) == {"snapkv (recent=64)", "snapkv (recent=32)"}
     assert str(board.categories["recall"].critical["snapkv (recent=32)"]) == "<20%"
+
+
+# ---- a sweep's layout: one results file per (setting, task) ----
+
+
+def sweep_cell(out, method, params, task, category, score, footprint, knob=None, model="m", chunk=64):
+    """A results file where `kvbench sweep` puts it (OUT/<method>-<key>/results.json), with its sweep record."""
+    key = f"{abs(hash((method, repr(sorted(params.items())), task))):016x}"[:16]
+    folder = out / f"{method}-{key}"
+    folder.mkdir(parents=True)
+    path = result_file(folder / "results.json", method, params, {task: (category, score, footprint)}, model, chunk)
+    data = json.loads(path.read_text())
+    data["config"]["kvbench_sweep"] = {"method": method, "params": params, "task": task, "knob": knob, "key": key}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_category_point_is_the_mean_over_its_tasks_of_one_setting(tmp_path, capsys):
+    # The issue's example: tasks A and B; full 0.8 and 0.4 (target 0.9 x 0.6 = 0.54). streamingllm window 64:
+    # A 0.8 at 0.20, B 0.0 at 0.30 -> (0.25, 0.4); window 256: A 0.8 at 0.50, B 0.4 at 0.60 -> (0.55, 0.6).
+    # The line between the two means meets 0.54 at 0.25 + 0.3 x 0.14 / 0.2 = 0.46. Scored per file instead,
+    # the points (0.2, 0.8), (0.3, 0), (0.5, 0.8), (0.6, 0.4) would give ">60%".
+    out = tmp_path / "sweep"
+    for task, score in (("A", 0.8), ("B", 0.4)):
+        sweep_cell(out, "full", {}, task, "recall", score, 1.0)
+    for window, cells in {64: {"A": (0.8, 0.2), "B": (0.0, 0.3)}, 256: {"A": (0.8, 0.5), "B": (0.4, 0.6)}}.items():
+        for task, (score, footprint) in cells.items():
+            sweep_cell(out, "streamingllm", {"sink": 4, "window": window}, task, "recall", score, footprint, "window")
+    [board] = score_runs(load_runs([out]))
+    recall = board.categories["recall"]
+    assert recall.baseline == pytest.approx(0.6)
+    assert [(round(p.footprint, 6), round(p.score, 6)) for p in recall.points] == [(0.25, 0.4), (0.55, 0.6)]
+    assert recall.critical["streamingllm"].value == pytest.approx(0.46)
+    assert all(len(p.files) == 2 for p in recall.points)  # each point is made of its two task files
+
+    from kvbench.cli import main
+
+    assert main(["leaderboard", str(out), "--format", "md"]) == 0
+    table = capsys.readouterr().out
+    assert "| streamingllm | 46% |" in table
+
+
+def test_tasks_that_disagree_give_the_setting_mean_and_a_missing_task_leaves_the_setting_out(tmp_path):
+    out = tmp_path / "sweep"
+    for task, score in (("A", 1.0), ("B", 1.0), ("C", 0.4)):
+        sweep_cell(out, "full", {}, task, "rag", score, 1.0)
+    # keep 0.2: A passes, B fails, C in between -> mean score (0.9 + 0.1 + 0.4) / 3 = 0.4667 at footprint 0.3
+    for task, score, footprint in (("A", 0.9, 0.2), ("B", 0.1, 0.4), ("C", 0.4, 0.3)):
+        sweep_cell(out, "snapkv", {"keep": 0.2}, task, "rag", score, footprint, "keep")
+    for task in ("A", "B", "C"):
+        sweep_cell(out, "snapkv", {"keep": 0.6}, task, "rag", 0.8, 0.7, "keep")
+    sweep_cell(out, "snapkv", {"keep": 0.4}, "A", "rag", 1.0, 0.5, "keep")  # B and C never ran
+    with pytest.warns(ResultFileWarning, match=r"lacks task\(s\) B, C that the baseline ran"):
+        [board] = score_runs(load_runs([out]))
+    rag = board.categories["rag"]
+    assert [(round(p.footprint, 6), round(p.score, 6)) for p in rag.points] == [(0.3, round(1.4 / 3, 6)), (0.7, 0.8)]
+    # target 0.9 x 0.8 = 0.72: from (0.3, 0.4667) to (0.7, 0.8) the line meets it at 0.3 + 0.4 x 0.2533 / 0.3333
+    assert rag.critical["snapkv"].value == pytest.approx(0.3 + 0.4 * (0.72 - 1.4 / 3) / (0.8 - 1.4 / 3))
+
+
+def test_quantized_full_is_a_curve_of_its_own_and_leaves_the_baseline_alone(tmp_path):
+    out = tmp_path / "sweep"
+    for task in ("A", "B"):
+        sweep_cell(out, "full", {"kv_bits": 16}, task, "icl", 0.8, 1.0)
+        sweep_cell(out, "full", {"kv_bits": 4}, task, "icl", 0.2, 0.28, "kv_bits")
+        sweep_cell(out, "full", {"kv_bits": 8}, task, "icl", 0.76, 0.53, "kv_bits")
+    [board] = score_runs(load_runs([out]))
+    icl = board.categories["icl"]
+    assert icl.baseline == pytest.approx(0.8)  # 16-bit full only: the 4-bit run would drag it to 0.59
+    assert set(icl.critical) == {"full (kv_bits=4/8)"}
+    assert [(p.method, p.footprint) for p in icl.points] == [("full (kv_bits=4/8)", 0.28), ("full (kv_bits=4/8)", 0.53)]
+    # 0.72 is crossed between (0.28, 0.2) and (0.53, 0.76)
+    assert icl.critical["full (kv_bits=4/8)"].value == pytest.approx(0.28 + 0.25 * 0.52 / 0.56)
+
+
+def test_a_sweep_over_budget_is_one_curve_beside_the_keep_curve(tmp_path):
+    out = tmp_path / "sweep"
+    defaults = {"recent": 64, "obs_window": 64, "kernel": 5, "schedule": "chunked", "kv_bits": 16}
+    sweep_cell(out, "full", {}, "A", "recall", 1.0, 1.0)
+    for budget, score in ((128, 0.5), (512, 0.8), (2048, 1.0)):
+        sweep_cell(out, "snapkv", {**defaults, "keep": None, "budget": budget}, "A", "recall", score,
+                   budget / 4096, "budget")
+    [board] = score_runs(load_runs([out]))
+    assert set(board.categories["recall"].critical) == {"snapkv"}  # one curve, not three labelled by budget
+    # (0.125, 0.8) to (0.5, 1.0) meets 0.9 half-way
+    assert board.categories["recall"].critical["snapkv"].value == pytest.approx(0.125 + 0.375 / 2)
+    for keep, score in ((0.2, 0.6), (0.6, 1.0)):
+        sweep_cell(out, "snapkv", {**defaults, "keep": keep, "budget": None}, "A", "recall", score, keep, "keep")
+    [board] = score_runs(load_runs([out]))
+    assert set(board.categories["recall"].critical) == {"snapkv (by budget)", "snapkv (by keep)"}
+
+
+def test_plain_lm_eval_runs_without_a_record_take_the_one_varying_parameter_as_the_knob(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    result_file(folder / "results_full.json", "full", {}, {"a": ("recall", 1.0, 1.0)})
+    for budget, score in ((100, 0.5), (400, 1.0)):
+        result_file(folder / f"results_{budget}.json", "snapkv", {"budget": budget, "keep": None},
+                    {"a": ("recall", score, budget / 1000)})
+    [board] = score_runs(load_runs([folder]))
+    assert set(board.categories["recall"].critical) == {"snapkv"}

@@ -80,7 +80,7 @@ def board_json(folder) -> dict:
     """The leaderboard's figures, without file paths (which differ between sweep folders)."""
     data = json.loads(leaderboard.render(scoring.score_runs(scoring.load_runs([folder])), "json", 0.9))
     for run in data["runs"]:
-        del run["file"]
+        del run["files"]
     return data
 
 
