@@ -9,10 +9,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from checkpoints import build_tokenizer  # noqa: E402
+from helmet_files import write_jsonl as _write  # noqa: E402
+from helmet_files import write_helmet_data  # noqa: E402
 
 from kvbench.data import common, helmet, recall, synth  # noqa: E402
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 GENERATED = {**{t: (recall.build, recall.GEN_TOKENS[t]) for t in recall.GEN_TOKENS},
              **{t: (synth.build, synth.GEN_TOKENS[t]) for t in synth.GEN_TOKENS}}
 DATA_BACKED = {**{t: helmet.RAG_GEN_TOKENS for t in helmet.RAG_FILES}, "msmarco_rerank": helmet.RERANK_GEN_TOKENS,
@@ -24,40 +25,10 @@ def tokenizer():
     return build_tokenizer()
 
 
-def _text(rng, n):
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def _write(path: Path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 @pytest.fixture(scope="module")
 def helmet_dir(tmp_path_factory):
-    """A small copy of HELMET's layout (data/kilt, data/msmarco, icl/) with files for 4K and 16K."""
-    root = tmp_path_factory.mktemp("helmet")
-    data, rng = root / "data", random.Random(0)
-    for task, (test, demo) in helmet.RAG_FILES.items():
-        for k in ("20", "105"):
-            _write(data / test.format(k=k), [
-                {"id": f"{task}-{i}", "question": f"question {i} of {task}?", "answers": [f"answer{i}"], "s_pop": 10,
-                 "ctxs": [{"title": f"T{i}.{j}", "text": _text(rng, 60)} for j in range(int(k))]} for i in range(3)])
-        _write(data / demo, [{"id": f"demo-{i}", "question": f"demo question {i}?", "answers": [f"demo{i}"], "s_pop": 10,
-                              "ctxs": [{"title": "D", "text": _text(rng, 20)} for _ in range(3)]} for i in range(5)])
-    for k in ("14", "130"):
-        _write(data / helmet.RERANK_FILE.format(k=k), [
-            {"qid": f"q{i}", "query": f"query {i}",
-             "ctxs": [{"id": str(j), "text": _text(rng, 60), "label": [3, 2, 1, 0][j % 4]} for j in range(int(k))]}
-            for i in range(3)])
-    _write(data / helmet.RERANK_DEMO_FILE, [
-        {"qid": f"d{i}", "query": f"demo {i}", "ctxs": [{"id": str(j), "text": _text(rng, 12), "label": j % 2}
-                                                       for j in range(10)]} for i in range(5)])
-    for task in helmet.ICL_SHOTS:
-        name = task.removeprefix("icl_")
-        _write(data / f"icl/{name}/train.jsonl", [{"text": _text(rng, 10), "label": i % 6} for i in range(120)])
-        _write(data / f"icl/{name}/test.jsonl", [{"text": f"test text {i}", "label": i % 6} for i in range(6)])
-    return root
+    """A small copy of HELMET's layout (data/kilt, data/msmarco, icl/, ...) with files for 4K and 16K."""
+    return write_helmet_data(tmp_path_factory.mktemp("helmet"))
 
 
 def _check_fit(tokenizer, docs, length, gen):

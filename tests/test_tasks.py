@@ -97,3 +97,36 @@ def test_hf_backend_runs_the_synthetic_group_without_footprint_keys(tasks_dir, t
     assert 0.0 <= results["kvbench_synth"]["score,none"] <= 1.0
     for name in SYNTH:
         assert "score,none" in results[name] and "kv_footprint,none" not in results[name]
+
+
+def test_the_kvbench_group_is_the_mean_of_its_four_categories(tasks_dir, tokenizer_dir, tmp_path):
+    """HELMET reports the mean of the categories; lm-eval 0.4.13 alone would average the 14 leaf tasks (re-rank,
+    one task, would weigh 1/14). A model that ranks perfectly and answers nothing else: categories 0, 0, 1, 0."""
+    import lm_eval
+    from helmet_files import write_helmet_data
+    from lm_eval.api.model import LM
+    from lm_eval.tasks import TaskManager
+
+    from kvbench.lmeval.hook import install
+
+    install()
+
+    class RanksOnly(LM):
+        def generate_until(self, requests, disable_tqdm=False):
+            return [" " + r.doc["answers"][0] if r.task_name == "kvbench_msmarco_rerank" else " no idea"
+                    for r in requests]
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+    data = write_helmet_data(tmp_path / "helmet", lengths=(4096,), rows=1)
+    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False,
+                          metadata={"pretrained": str(tokenizer_dir), "context_length": 4096, "num_samples": 1,
+                                    "data_dir": str(data)})
+    results = lm_eval.simple_evaluate(model=RanksOnly(), tasks=["kvbench"], task_manager=manager, limit=1)["results"]
+    assert len([t for t in results if t in TASKS]) == 14
+    assert [results[f"kvbench_{c}"]["score,none"] for c in CATEGORIES] == [0.0, 0.0, 1.0, 0.0]
+    assert results["kvbench"]["score,none"] == pytest.approx(0.25)

@@ -11,6 +11,9 @@ watches two lm-eval modules and, right after lm-eval has executed them:
   imports it while its registry is empty.
 - `lm_eval.tasks.manager`: makes `TaskManager` also index kvbench's task folder, so
   `--tasks kvbench_recall` works without `--include_path`.
+- `lm_eval.api.group`: a group whose metadata says `aggregate: children` averages its direct
+  children (the `kvbench` group: the mean of its four categories, as HELMET reports it), where
+  lm-eval 0.4.13 averages every leaf task of the tree. Other groups are untouched.
 
 The finder loads nothing itself; it wraps the loader another finder returns.
 """
@@ -79,7 +82,40 @@ def patch_task_manager(manager_module) -> None:
     cls.__init__ = __init__
 
 
-WATCHED = {"lm_eval.models": register_model, "lm_eval.tasks.manager": patch_task_manager}
+def patch_group_aggregation(group_module) -> None:
+    """Let a group aggregate over its direct children instead of its leaf tasks, when its metadata asks.
+
+    lm-eval aggregates groups bottom-up, so a child group's metrics (its `score`, its stderr) are already in
+    the metrics it is handed; the parent then runs lm-eval's own aggregation with the children as the units.
+    """
+    import functools
+
+    cls = getattr(group_module, "Group", None)
+    if cls is None or getattr(cls.aggregate, "_kvbench_children", False):
+        return
+    original = cls.aggregate
+
+    class _Unit:  # what `get_all_tasks` yields and `aggregate` reads: a name
+        def __init__(self, name):
+            self.task_name = name
+
+    @functools.wraps(original)
+    def aggregate(self, task_metrics):
+        if (self.metadata or {}).get("aggregate") != "children":
+            return original(self, task_metrics)
+        units = [_Unit(name) for name in self.child_names]
+        self.get_all_tasks = lambda recursive=True: units  # an instance attribute, for this call only
+        try:
+            return original(self, task_metrics)
+        finally:
+            del self.get_all_tasks
+
+    aggregate._kvbench_children = True
+    cls.aggregate = aggregate
+
+
+WATCHED = {"lm_eval.models": register_model, "lm_eval.tasks.manager": patch_task_manager,
+           "lm_eval.api.group": patch_group_aggregation}
 
 
 class _WrappedLoader:
