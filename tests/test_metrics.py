@@ -1,5 +1,7 @@
 """The four task metrics on hand-worked examples, unparsable outputs included."""
 
+import math
+
 import pytest
 
 from kvbench.data import metrics
@@ -50,6 +52,38 @@ def test_ndcg_at_10_hand_worked():
     assert metrics.ndcg_at_10("no ranking here", qrels) == 0.0
     assert metrics.ndcg_at_10("ID9 > ID8", qrels) == 0.0  # unknown ids only
     assert metrics.ndcg_at_10("ID1 > ID2", {"1": 0, "2": 0}) == 0.0  # nothing relevant
+
+
+def helmet_ndcg_at_10(ranking: list[str], qrels: dict[str, int]) -> float:
+    """The definition HELMET's trec_eval call applies, written out: rank i (from 1) of the run earns its label
+    (0 for an id the labels lack) over log2(i + 1), down to rank 10; the ideal ranks the labels."""
+    def dcg(gains):
+        return sum(g / math.log2(i + 2) for i, g in enumerate(gains[:10]))
+
+    ideal = dcg(sorted(qrels.values(), reverse=True))
+    return dcg([qrels.get(doc, 0) for doc in ranking]) / ideal if ideal else 0.0
+
+
+NDCG_QRELS = {"1": 3, "2": 2, "3": 1, "4": 0, "5": 0}
+NDCG_TABLE = [  # output, the run trec_eval sees (after HELMET's parsing), the value by hand
+    ("ID1 > ID2 > ID3 > ID4", ["1", "2", "3", "4"], 1.0),
+    # an unknown id takes rank 1 and earns nothing: 3/log2(3) + 2/2 + 1/log2(5) over the ideal 3 + 2/log2(3) + 1/2
+    ("[9] > [1] > [2] > [3]", ["9", "1", "2", "3"], (3 / math.log2(3) + 1 + 1 / math.log2(5)) / (3 + 2 / math.log2(3) + 0.5)),
+    # a repeated id counts at its first place: the run is 2, 1, 3
+    ("2 > 1 > 2 > 3 > 1", ["2", "1", "3"], (2 + 3 / math.log2(3) + 0.5) / (3 + 2 / math.log2(3) + 0.5)),
+    # ten unknown ids push every labelled one below rank 10
+    (" > ".join(str(i) for i in range(10, 20)) + " > 1 > 2", [str(i) for i in range(10, 20)] + ["1", "2"], 0.0),
+    # the longest chain is the ranking; brackets, colons and "ID" are dropped
+    ("Ranking: [ID: 3] then ID: 4 > ID: 1 > ID: 7", ["4", "1", "7"], (3 / math.log2(3)) / (3 + 2 / math.log2(3) + 0.5)),
+    ("no ranking here", [], 0.0),
+]
+
+
+@pytest.mark.parametrize("output, run, value", NDCG_TABLE)
+def test_ndcg_at_10_as_helmet_computes_it(output, run, value):
+    assert metrics.parse_ranking(output) == run
+    assert helmet_ndcg_at_10(run, NDCG_QRELS) == pytest.approx(value)  # the written-out definition agrees
+    assert metrics.ndcg_at_10(output, NDCG_QRELS) == pytest.approx(value)
 
 
 def test_process_results_adds_footprint_only_when_present():

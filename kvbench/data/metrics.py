@@ -70,23 +70,25 @@ def parse_ranking(output: str) -> list[str]:
 
 
 def ndcg_at_10(output: str, qrels: dict[str, int]) -> float:
-    """NDCG@10 of the parsed ranking against graded relevance labels, with scikit-learn's DCG.
+    """NDCG@10 of the parsed ranking as HELMET computes it (trec_eval's ndcg_cut.10 through pytrec_eval).
 
-    As trec_eval (which HELMET uses), documents the model did not rank earn nothing: their gain is
-    zeroed in the numerator (sklearn's `ndcg_score` would instead average gains over tied scores and give
-    unranked documents credit). The ideal DCG uses every label. Unknown ids are ignored; a query without
-    any relevant document scores 0.
+    The run is the whole parsed ranking, best first: an id the labels do not know still takes its rank and
+    earns nothing, pushing the documents after it down; a repeated id counts at its first place only. Gains
+    are the graded labels themselves, discounted by log2(rank + 1) (scikit-learn's DCG); the ideal DCG ranks
+    every labelled document by its label. A query without any relevant document scores 0.
     """
     from sklearn.metrics import dcg_score
 
-    ids = list(qrels)
-    if len(ids) < 2 or not any(qrels.values()):
+    ideal = sorted((float(label) for label in qrels.values()), reverse=True)
+    if not any(gain > 0 for gain in ideal):
         return 0.0
-    ranking = [doc_id for doc_id in parse_ranking(output) if doc_id in qrels]
-    if not ranking:
-        return 0.0
-    position = {doc_id: len(ranking) - i for i, doc_id in enumerate(ranking)}
-    gains = np.array([[float(qrels[i]) for i in ids]])
-    earned = np.array([[float(qrels[i]) if i in position else 0.0 for i in ids]])
-    scores = np.array([[float(position.get(i, 0)) for i in ids]])
-    return float(dcg_score(earned, scores, k=10) / dcg_score(gains, gains, k=10))
+
+    def dcg(gains: list[float]) -> float:
+        if not gains:
+            return 0.0
+        # Strictly decreasing scores keep the order as given (no ties for sklearn to average); the trailing
+        # zero-gain document gives sklearn the two columns it needs and changes no sum.
+        gains = gains + [0.0]
+        return float(dcg_score(np.array([gains]), np.array([np.arange(len(gains), 0, -1)]), k=10))
+
+    return dcg([float(qrels.get(doc_id, 0)) for doc_id in parse_ranking(output)]) / dcg(ideal)
