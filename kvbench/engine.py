@@ -119,8 +119,14 @@ def score_continuation(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     attn: str = "sdpa",
 ) -> Scoring:
-    """Feed context + continuation (less its last token) as a prompt, prefilled in chunks under `method`,
-    and read the continuation's log-probabilities from the logits that predict it."""
+    """Log-probabilities of `continuation` after `context`, as a generation under `method` would see them.
+
+    The context is a prompt: prefilled in chunks under the method, evicted as the method evicts after a prompt
+    (post-fill methods after its last chunk; a patched schedule scores with the context's own last tokens), so
+    nothing the method keeps depends on the continuation. The continuation is then fed as decode steps against
+    what was kept: token by token when the method may evict while decoding, else in one forward (the same
+    logits and footprint, far fewer steps).
+    """
     from kvbench.methods.full import Full
 
     method = method if method is not None else Full()
@@ -130,32 +136,38 @@ def score_continuation(
         raise ValueError("the continuation is empty: nothing to score")
     if context_ids.numel() == 0:
         raise ValueError("the context is empty: the first continuation token has nothing to be predicted from")
-    inputs = torch.cat([context_ids, target])[:-1]
-    _check_request(model, inputs, chunk_size, 0, attn, (), None)
+    fed = target[:-1]  # the last continuation token is predicted, never fed
+    _check_request(model, context_ids, chunk_size, 0, attn, (), None)
     shape = ModelShape.from_config(model.config)
-    _check_positions(shape, len(inputs), 0)
+    _check_positions(shape, len(context_ids) + len(fed), 0)
     method.bind(shape)
     cache = KVCache(shape, method, attn_kernel=attn)
     device = model.device
-    inputs, target = inputs.to(device), target.to(device)
-    first_needed = len(context_ids) - 1  # the position whose logits predict the first continuation token
-    pieces: list[torch.Tensor] = []
+    context_ids, fed, target = context_ids.to(device), fed.to(device), target.to(device)
     with kvbench_attention(model), torch.inference_mode():
-        prefill(model, cache, inputs, chunk_size, logits_from=first_needed, collect=pieces)
+        pieces = [prefill(model, cache, context_ids, chunk_size)[None]]
+        if len(fed) and method.evicts_while_decoding():
+            for step, token in enumerate(fed):
+                pieces.append(forward_step(model, cache, token[None], len(context_ids) + step, Phase(True, step))[None])
+        elif len(fed):
+            held = cache.num_held
+            pieces.append(forward_step(model, cache, fed, len(context_ids), Phase(True, 0), all_logits=True))
+            if cache.num_held != held + len(fed) * shape.num_layers * shape.num_kv_heads:
+                raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
+                                 "says it never does; a continuation would be scored wrongly")
     logits = torch.cat(pieces).float()
     logprobs = logits.log_softmax(dim=-1).gather(1, target[:, None])[:, 0]
     return Scoring(
         logprob=float(logprobs.sum()),
         is_greedy=bool((logits.argmax(dim=-1) == target).all()),
         token_logprobs=logprobs.tolist(),
-        stats=cache.ledger.stats(tokens=len(inputs)),
+        stats=cache.ledger.stats(tokens=len(context_ids) + len(fed)),
     )
 
 
-def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int, logits_from=None, collect=None):
+def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Run the prompt through the cache in chunks; return the last position's logits.
 
-    With `logits_from`, the logits of positions logits_from.. are appended to `collect` (scoring).
     Under a patched schedule, every chunk but the last carries the prompt's last tokens, for the
     method to score with; the cache drops their entries after the step.
     """
@@ -170,15 +182,13 @@ def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int, logits_fr
         positions = torch.arange(start, start + len(chunk), device=ids.device)
         if tail:
             positions = torch.cat([positions, torch.arange(len(ids) - tail, len(ids), device=ids.device)])
-        wanted = logits_from is not None and start + len(chunk) > logits_from
-        logits = forward_step(model, cache, tokens, positions, Phase(False, index, num_chunks), wanted, tail)
-        if wanted:
-            collect.append(logits[max(0, logits_from - start) : len(chunk)])
-    return logits if logits_from is None else None
+        logits = forward_step(model, cache, tokens, positions, Phase(False, index, num_chunks), scoring=tail)
+    return logits
 
 
 def forward_step(model, cache: KVCache, tokens, positions, phase: Phase, all_logits=False, scoring=0):
-    """One forward of `tokens` at true `positions` through the cache; the last (or every) logits."""
+    """One forward of `tokens` at true `positions` through the cache; the last logits, or every fed token's
+    (less the scoring tail's, which only the method sees)."""
     if isinstance(positions, int):
         positions = torch.arange(positions, positions + len(tokens), device=tokens.device)
     cache.begin_step(phase, positions, scoring)
@@ -191,7 +201,7 @@ def forward_step(model, cache: KVCache, tokens, positions, phase: Phase, all_log
         **{cache_argument(model): cache},
     )
     cache.ledger.end_step()
-    return output.logits[0] if all_logits else output.logits[0, -1]
+    return output.logits[0, : len(tokens) - scoring] if all_logits else output.logits[0, -1]
 
 
 def cache_argument(model) -> str:

@@ -12,3 +12,6 @@ class Full(Method):
     name = "full"
     category = "full"
     description = "Keeps every KV entry (the baseline)."
+
+    def evicts_while_decoding(self) -> bool:
+        return False

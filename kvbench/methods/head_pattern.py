@@ -92,6 +92,9 @@ class HeadPatternMethod(Method):
         streaming = [h for h in range(shape.num_kv_heads) if self.streaming[layer, h]]
         return [group for group in (full, streaming) if group]
 
+    def evicts_while_decoding(self) -> bool:
+        return bool(self.streaming.any())  # streaming heads slide their window at every step
+
     def select(self, view: KeepView):
         if not self.streaming[view.layer, view.heads[0]]:
             return None
