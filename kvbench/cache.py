@@ -139,13 +139,18 @@ class KVCache(Cache):
         layer = self.layers[layer_idx]
         new = key_states.shape[2] - self.scoring
         weight = self._byte_weight(key_states)
+        self.entry_bytes = bytes_per_entry(key_states.shape[-1], key_states.dtype, self.method.kv_bits)
         bytes_before, held_before = sum(g.nbytes for g in layer.groups), layer.num_held
         for group in layer.groups:
             self.ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=weight)
             heads = _head_index(group.heads, key_states)
             group.append(key_states[:, heads], value_states[:, heads], self.positions)
         layer.tokens_seen += new
-        self.ledger.record_memory(sum(g.nbytes for g in layer.groups) - bytes_before, layer.num_held - held_before)
+        # The scoring tail is held only while the method scores, then dropped: like kv_peak, the physical
+        # figures leave it out (its queries and keys could be computed without caching them at all).
+        tail = self.scoring * self.shape.num_kv_heads
+        self.ledger.record_memory(sum(g.nbytes for g in layer.groups) - bytes_before - tail * self.entry_bytes,
+                                  layer.num_held - held_before - tail)
         return key_states, value_states
 
     def evict(self, layer_idx: int, queries: torch.Tensor, scaling: float) -> None:
@@ -177,8 +182,10 @@ class KVCache(Cache):
                 continue
             bytes_before, held_before = group.nbytes, group.num_held
             group.keep(index)
+            tail = self.scoring * len(group.heads)  # dropped here, never recorded as held (see update)
             self.ledger.record_memory(
-                group.nbytes - bytes_before, (group.num_held - held_before) * len(group.heads)
+                group.nbytes - bytes_before + tail * self.entry_bytes,
+                (group.num_held - held_before) * len(group.heads) + tail,
             )
 
     def _byte_weight(self, key_states: torch.Tensor) -> float:
