@@ -168,6 +168,12 @@ class Method:
         with and then drop (the patched schedule); 0 for none."""
         return 0
 
+    def evicts_while_decoding(self) -> bool:
+        """Whether select() may evict at a decode step. A scored continuation (lm-eval's log-likelihood) is fed
+        token by token when it may, else in one forward, which gives the same logits and footprint. Say False
+        only when it holds: the engine checks, and refuses a method that evicts after saying it never does."""
+        return True
+
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -233,6 +239,9 @@ class ScoreMethod(Method):
     def scoring_tokens(self) -> int:
         return self.obs_window if self.schedule == "patched" else 0
 
+    def evicts_while_decoding(self) -> bool:
+        return self.evict_during_decode
+
     def score(self, view: KeepView) -> torch.Tensor:
         """Importance of each held entry per KV head, [h, n]; higher is kept first."""
         raise NotImplementedError
@@ -251,7 +260,8 @@ class ScoreMethod(Method):
             k = round(self.keep * new)
             if k + self.recent >= new:  # nothing to evict (before any per-layer redistribution)
                 return None
-            candidates, k = range(end - new, end), self.layer_budget(view.layer, k)
+            candidates = range(end - new, end)
+        k = self.layer_budget(view.layer, k, len(candidates))
         return view.top_k(self.score(view), k, candidates, recent=self.recent)
 
     def evicts_at(self, view: KeepView) -> bool:
@@ -259,6 +269,7 @@ class ScoreMethod(Method):
             return self.evict_during_decode and self.budget is not None
         return self.schedule != "postfill" or view.phase.is_last_chunk
 
-    def layer_budget(self, layer: int, k: int) -> int:
-        """Entries kept by score at `layer` when the average layer keeps `k` (PyramidKV varies it)."""
+    def layer_budget(self, layer: int, k: int, candidates: int) -> int:
+        """Entries kept by score at `layer` when the average layer keeps `k` of `candidates` entries (the
+        always-kept recent window among them); PyramidKV varies it with depth."""
         return k

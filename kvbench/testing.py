@@ -41,11 +41,12 @@ class CheckResult:
 
 
 def conformance_models() -> dict[str, torch.nn.Module]:
-    """Tiny random Llama and Qwen2 models with grouped-query attention (4 query heads over 2 KV heads)."""
+    """Tiny random Llama and Qwen2 models with grouped-query attention (4 query heads over 2 KV heads) and three
+    layers, so that a method leaving its first two layers whole (l2norm's skip_layers) still evicts."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     common = dict(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=2048, attn_implementation="sdpa",
     )
     models = {}

@@ -19,6 +19,7 @@ from kvbench.method import ModelShape
 from kvbench.methods import BUILTIN_METHODS
 from kvbench.methods.duoattention import DuoAttention
 from kvbench.methods.full import Full
+from kvbench.methods.l2norm import L2Norm
 from kvbench.methods.pyramidkv import PyramidKV
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
@@ -115,11 +116,16 @@ def planted_prompt():
     return prompt
 
 
-def held_after_prompt(model, method, chunk_size=128):
+def prefilled_cache(model, method, prompt, chunk_size) -> KVCache:
     cache = KVCache(ModelShape.from_config(model.config), method)
     method.bind(cache.shape)
     with kvbench_attention(model), torch.inference_mode():
-        prefill(model, cache, planted_prompt(), chunk_size)
+        prefill(model, cache, prompt, chunk_size)
+    return cache
+
+
+def held_after_prompt(model, method, chunk_size=128):
+    cache = prefilled_cache(model, method, planted_prompt(), chunk_size)
     positions = [group.positions for group in cache.layers[0].groups]
     footprint = cache.ledger.stats(PROMPT_LEN).kv_footprint
     return torch.cat(positions), footprint
@@ -201,7 +207,7 @@ def test_quantization_combines_with_eviction():
 # ---- every method through the conformance kit ----
 
 def conformance_params(tmp_path) -> dict[str, list[dict]]:
-    pattern = write_pattern(tmp_path / "pattern.tsv", [[0.9, 0.1], [0.2, 0.8]])
+    pattern = write_pattern(tmp_path / "pattern.tsv", [[0.9, 0.1], [0.2, 0.8], [0.6, 0.3]])  # the kit's 3 layers
     score = {"keep": 0.3, "recent": 8, "obs_window": 8}
     return {
         "full": [{}],
@@ -222,6 +228,77 @@ def test_every_builtin_method_is_listed_and_passes_the_kit(tmp_path):
         for setting in settings:
             results = run_checks(name, setting)
             assert not any(r.failed for r in results), f"{name} {setting}\n{format_report(results)}"
+
+
+@pytest.mark.parametrize("name", ["snapkv", "pyramidkv", "l2norm", "h2o", "tova"])
+def test_score_methods_conform_under_the_patched_schedule(name):
+    # "keeps everything = full attention" compares peak bytes and entries too: the scoring-only tail is not held.
+    results = run_checks(name, {"schedule": "patched"})
+    assert not any(r.failed for r in results), f"{name}\n{format_report(results)}"
+
+
+# ---- PyramidKV's per-layer budgets, as the reference (PyramidKVCluster) computes them ----
+
+
+def pyramid(layers=32, **params) -> PyramidKV:
+    method = PyramidKV(**params)
+    method.bind(ModelShape(num_layers=layers, num_query_heads=4, num_kv_heads=2, head_dim=16))
+    return method
+
+
+# (parameters, k = the mean layer's budget by score, candidates, budgets at layers 0, 1, 31), worked by hand:
+# smallest = k // 20, largest = 2k - smallest (clipped to candidates - recent, smallest = 2k - largest),
+# step = (largest - smallest) // 31, layer l keeps largest - l x step; candidates < 2k: k everywhere.
+PYRAMID_CASES = [
+    # keep 0.1 of a 32K chunk: k = round(3276.8) = 3277; 163, 6391, step 6228 // 31 = 200
+    ({"keep": 0.1}, 3277, 32768, (6391, 6191, 191)),
+    # keep 0.3: k = 9830; 491, 19169, step 18678 // 31 = 602
+    ({"keep": 0.3}, 9830, 32768, (19169, 18567, 507)),
+    # keep 0.5: k = 16384 = candidates / 2, still a pyramid; 819, 31949, step 31130 // 31 = 1004
+    ({"keep": 0.5}, 16384, 32768, (31949, 30945, 825)),
+    # keep 0.5, recent 1024: 31949 > 32768 - 1024, clipped to 31744 with smallest 1024; step 30720 // 31 = 990
+    ({"keep": 0.5, "recent": 1024}, 16384, 32768, (31744, 30754, 1054)),
+    # keep 0.7: k = 22938 and 2k > candidates: SnapKV's uniform budget (the reference's short-prompt fallback)
+    ({"keep": 0.7}, 22938, 32768, (22938, 22938, 22938)),
+    # budget 4096 over 32768 held (post-fill): k = 4096 - 64 = 4032; 201, 7863, step 7662 // 31 = 247
+    ({"budget": 4096}, 4032, 32768, (7863, 7616, 206)),
+    # budget 4096 over 6000 held: 6000 < 2 x 4032, uniform
+    ({"budget": 4096}, 4032, 6000, (4032, 4032, 4032)),
+]
+
+
+@pytest.mark.parametrize("params, k, candidates, expected", PYRAMID_CASES)
+def test_pyramidkv_layer_budgets_equal_the_reference(params, k, candidates, expected):
+    method = pyramid(**params)
+    budgets = [method.layer_budget(layer, k, candidates) for layer in range(32)]
+    assert (budgets[0], budgets[1], budgets[31]) == expected
+    assert all(a - b == budgets[0] - budgets[1] for a, b in zip(budgets, budgets[1:]))  # arithmetic
+    largest, smallest = budgets[0], 2 * k - budgets[0]
+    remainder = (largest - smallest) % 31 if largest != k else 0
+    # the mean is SnapKV's k, up to the reference's integer step: layers x remainder / 2 more in all
+    assert sum(budgets) == 32 * k + 32 * remainder // 2
+
+
+@pytest.mark.parametrize("keep, excess", [(0.35, 0), (0.1, 128), (0.6, 0)])
+def test_pyramidkv_keeps_as_many_entries_as_snapkv_in_total(keep, excess):
+    """On a 32-layer model, one 1024-token chunk: held entries summed over layers. keep 0.35 (k = 358) has a
+    step that divides exactly; keep 0.1 (k = 102: 5..199, 194 // 31 = 6 rest 8) keeps 8 x 32 / 2 = 128 more
+    per KV head, as the reference does; keep 0.6 is below the pyramid's reach (uniform)."""
+    model = tiny_model("llama", num_hidden_layers=32, hidden_size=32, intermediate_size=32)
+    held = {}
+    for method_class in (SnapKV, PyramidKV):
+        method = method_class(keep=keep, schedule="chunked")
+        cache = prefilled_cache(model, method, random_prompt(1024), chunk_size=1024)
+        held[method_class.name] = [layer.groups[0].num_held for layer in cache.layers]
+    assert sum(held["pyramidkv"]) == sum(held["snapkv"]) + excess
+    if keep < 0.5:
+        assert held["pyramidkv"][0] > held["snapkv"][0] > held["pyramidkv"][-1]  # a pyramid, not SnapKV again
+
+
+def test_l2norm_leaves_the_first_skip_layers_whole(model):
+    for skip, whole in ((2, [True, True]), (1, [True, False]), (0, [False, False])):
+        cache = prefilled_cache(model, L2Norm(keep=0.2, recent=8, skip_layers=skip), random_prompt(256), 64)
+        assert [layer.groups[0].num_held == 256 for layer in cache.layers] == whole
 
 
 # ---- bad input ----
