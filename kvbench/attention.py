@@ -32,8 +32,7 @@ def kvbench_attention(module, query, key, value, attention_mask, scaling=None, d
             "the 'kvbench' attention runs only inside kvbench.generate(), which passes its KVCache; "
             "use another attn_implementation to call the model directly"
         )
-    if kwargs.get("softcap") is not None:
-        raise NotImplementedError("kvbench attention does not support logit soft-capping (softcap)")
+    _refuse_unknown_arguments(module, dropout, kwargs)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = cache.layers[module.layer_idx]
     sliding_window = kwargs.get("sliding_window")
@@ -47,6 +46,29 @@ def kvbench_attention(module, query, key, value, attention_mask, scaling=None, d
             output[:, heads] = _attend(query[:, heads], group, scaling, sliding_window, cache)
     cache.evict(module.layer_idx, query, scaling)
     return output.transpose(1, 2).contiguous(), None
+
+
+# What a model may hand the attention function: what kvbench implements (scaling, sliding_window, and its own
+# cache), and bookkeeping that does not change attention's result. Anything else changes the math (GPT-OSS's
+# learned sinks `s_aux`, Gemma 2's `softcap`, ...): run without it, the logits would silently differ from the
+# model's own, so it is refused.
+IMPLEMENTED_ARGUMENTS = {"kvbench_cache", "sliding_window"}
+BOOKKEEPING_ARGUMENTS = {"position_ids", "cache_position", "use_cache", "output_attentions", "output_hidden_states",
+                         "output_router_logits", "return_dict"}
+
+
+def _refuse_unknown_arguments(module, dropout, kwargs) -> None:
+    unknown = sorted(name for name, value in kwargs.items()
+                     if value is not None and name not in IMPLEMENTED_ARGUMENTS | BOOKKEEPING_ARGUMENTS)
+    if dropout:
+        unknown.insert(0, f"dropout={dropout}")
+    if unknown:
+        config = getattr(module, "config", None)
+        model = getattr(config, "model_type", None) or type(module).__name__
+        raise ValueError(
+            f"model type {model!r} passes attention argument(s) {', '.join(unknown)} that kvbench's attention does "
+            "not implement, so its logits would differ from the model's own; kvbench cannot evaluate this model"
+        )
 
 
 def _attend(query, group, scaling, sliding_window, cache):

@@ -146,6 +146,21 @@ def test_model_without_attention_interface_is_refused():
         generate(model, random_prompt(10, vocab=64), max_new_tokens=1)
 
 
+def test_attention_arguments_kvbench_does_not_implement_are_refused():
+    """GPT-OSS hands its attention learned sinks (`s_aux`); attending without them would silently change the
+    logits, so the model is refused by name."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    config = GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1, head_dim=8,
+                          num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1,
+                          max_position_embeddings=256, eos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    model = GptOssForCausalLM(config).eval()
+    with pytest.raises(ValueError, match=r"model type 'gpt_oss' passes attention argument\(s\) s_aux that kvbench's "
+                                         "attention does not implement"):
+        generate(model, random_prompt(10, vocab=64), max_new_tokens=1)
+
+
 @pytest.mark.parametrize(
     "params, message",
     [({"sink": -1}, "sink must be an integer >= 0; got -1"), ({"window": 0}, "window must be an integer >= 1; got 0")],
