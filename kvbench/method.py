@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from kvbench.quant import KV_BITS
 
@@ -72,6 +73,8 @@ class KeepView:
     # Patched schedule: the prompt's last tokens appended to this chunk only to score; they are the
     # last `num_scoring` held entries (and the last queries), and the cache drops them after select().
     num_scoring: int = 0
+    # ScoreMethod: the held entries competing at this step (set by its select() before score()).
+    candidates: range | None = None
 
     @property
     def num_held(self) -> int:
@@ -82,26 +85,27 @@ class KeepView:
         index = torch.cat([torch.arange(r.start, r.stop, device=self.positions.device) for r in ranges])
         return index.unique(sorted=True).expand(len(self.heads), -1)
 
-    def attention_scores(self, last: int | None = None, block: int = 256) -> torch.Tensor:
+    def attention_scores(self, last: int | None = None, block: int = 256, since: int = 0) -> torch.Tensor:
         """Attention weights of the step's last `last` queries over the held entries, pooled per KV head.
 
-        Softmax over what each query could see (held past entries, and the step's own up to itself),
-        averaged over the query heads of each KV head and over the queries: [h, n]. Pooling over the
-        GQA group gives one kept set per KV head, never a copy per query head. Queries are taken in
-        blocks so that scoring a long chunk never materialises chunk x held weights at once.
+        Softmax over what each query could see from held index `since` on (the held past entries, and the
+        step's own up to itself), averaged over the query heads of each KV head and over the queries: [h, n],
+        0 before `since`. Pooling over the GQA group gives one kept set per KV head, never a copy per query
+        head. Queries are taken in blocks so that scoring a long chunk never materialises chunk x held
+        weights at once.
         """
         queries = self.queries if last is None else self.queries[:, :, -last:]
         count, held = queries.shape[2], self.num_held
-        keys = self.keys.float()
-        total = torch.zeros(keys.shape[0], held, device=keys.device)
+        keys = self.keys[:, since:].float()
+        total = torch.zeros(keys.shape[0], held - since, device=keys.device)
         for start in range(0, count, block):
             part = queries[:, :, start : start + block].float()
             logits = torch.einsum("hrqd,hnd->hrqn", part, keys) * self.scaling
             # Query i (of the last `count`) sits at held index held - count + i and sees entries up to it.
             rows = torch.arange(held - count + start, held - count + start + part.shape[2], device=keys.device)
-            visible = torch.arange(held, device=keys.device)[None, :] <= rows[:, None]
+            visible = torch.arange(since, held, device=keys.device)[None, :] <= rows[:, None]
             total += logits.masked_fill(~visible, float("-inf")).softmax(dim=-1).sum(dim=(1, 2))
-        return total / (count * queries.shape[1])
+        return F.pad(total / (count * queries.shape[1]), (since, 0))
 
     def top_k(self, scores: torch.Tensor, k: int, candidates: range, recent: int = 0) -> torch.Tensor:
         """Held indices each head keeps: every entry outside `candidates`, the last `recent` entries of
@@ -262,6 +266,7 @@ class ScoreMethod(Method):
                 return None
             candidates = range(end - new, end)
         k = self.layer_budget(view.layer, k, len(candidates))
+        view.candidates = candidates
         return view.top_k(self.score(view), k, candidates, recent=self.recent)
 
     def evicts_at(self, view: KeepView) -> bool:

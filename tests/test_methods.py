@@ -15,7 +15,7 @@ import kvbench
 from kvbench import generate
 from kvbench.cache import KVCache
 from kvbench.engine import kvbench_attention, prefill
-from kvbench.method import ModelShape
+from kvbench.method import KeepView, ModelShape, Phase
 from kvbench.methods import BUILTIN_METHODS
 from kvbench.methods.duoattention import DuoAttention
 from kvbench.methods.full import Full
@@ -235,6 +235,36 @@ def test_score_methods_conform_under_the_patched_schedule(name):
     # "keeps everything = full attention" compares peak bytes and entries too: the scoring-only tail is not held.
     results = run_checks(name, {"schedule": "patched"})
     assert not any(r.failed for r in results), f"{name}\n{format_report(results)}"
+
+
+@pytest.mark.parametrize("schedule", ["chunked", "patched"])
+def test_snapkv_scores_a_chunk_as_the_reference_does(schedule):
+    """The reference (MInference's SnapKVCluster, as the paper ran it) scores a chunk from its own entries only: the
+    softmax of the window's queries over the chunk (and, patched, the scoring tail), summed over the window, averaged
+    over the KV head's query heads, average-pooled (kernel 5, zero padding) over the evictable entries; top k."""
+    torch.manual_seed(0)
+    heads, per_head, dim, past, new, window, tail = 2, 2, 8, 40, 48, 8, (8 if schedule == "patched" else 0)
+    held = past + new + tail
+    keys, values = torch.randn(heads, held, dim) * 2, torch.randn(heads, held, dim)
+    queries = torch.randn(heads, per_head, new + tail, dim) * 2
+    view = KeepView(layer=0, group=0, heads=[0, 1], phase=Phase(False, 1, 3),
+                    positions=torch.arange(held).expand(heads, -1), keys=keys, values=values, queries=queries,
+                    num_new=new, scaling=dim**-0.5, num_scoring=tail)
+    method = SnapKV(keep=0.25, recent=window, obs_window=window, schedule=schedule)
+    kept = method.select(view)
+
+    own = keys[:, past:]  # the chunk and its tail: what the window may attend to
+    last = queries[:, :, -window:]
+    logits = torch.einsum("hrqd,hnd->hrqn", last, own) * dim**-0.5
+    position = torch.arange(held - past)
+    causal = position[None, :] <= (held - past - window + torch.arange(window))[:, None]
+    weights = logits.masked_fill(~causal, float("-inf")).softmax(-1).sum(2).mean(1)  # [h, chunk + tail]
+    evictable = weights[:, : new - window]
+    pooled = torch.nn.functional.avg_pool1d(evictable[:, None], 5, stride=1, padding=2)[:, 0]
+    chosen = pooled.topk(round(0.25 * new), dim=-1).indices + past
+    always = torch.cat([torch.arange(past), torch.arange(past + new - window, held)])
+    expected = torch.cat([always.expand(heads, -1), chosen], dim=-1).sort(-1).values
+    assert torch.equal(kept, expected)
 
 
 # ---- PyramidKV's per-layer budgets, as the reference (PyramidKVCluster) computes them ----
