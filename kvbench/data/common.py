@@ -21,6 +21,12 @@ DEFAULT_DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
 
 # One schema for every task, so that lm-eval's YAML (doc_to_text etc.) is the same everywhere.
 # qrels: graded relevance as "id:label" pairs, only for re-ranking.
+# context_start/context_end: the context's character span in the prompt (before it: the instruction and any
+# demonstrations; after it: the question), so that a backend can shorten the context and nothing else.
+# sample_line/demo_lines: lines of the sample and of its demonstrations in HELMET's files (-1/[] when generated).
+# answer_prefix: the prefix HELMET's metric also parses the answer after ("Answer:"), "" for none.
+# stop_at_newline_token: HELMET stops this task's generation at a generated newline token (not at a "\n" inside
+# a longer token) and scores the whole output; the kvbench backend does the same (other backends cut at "\n").
 FEATURES = datasets.Features({
     "prompt": datasets.Value("string"),
     "answers": datasets.Sequence(datasets.Value("string")),
@@ -28,7 +34,33 @@ FEATURES = datasets.Features({
     "metric": datasets.Value("string"),
     "task": datasets.Value("string"),
     "length": datasets.Value("int64"),
+    "context_start": datasets.Value("int64"),
+    "context_end": datasets.Value("int64"),
+    "sample_line": datasets.Value("int64"),
+    "demo_lines": datasets.Sequence(datasets.Value("int64")),
+    "answer_prefix": datasets.Value("string"),
+    "stop_at_newline_token": datasets.Value("bool"),
 })
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt is prefix + context + suffix: instruction (and demonstrations) before the context, question after."""
+
+    prefix: str
+    suffix: str
+
+    def __call__(self, context: str) -> str:
+        return self.prefix + context + self.suffix
+
+
+# Which data each task was built from, by lm-eval task name (the last build wins: it is the one that runs). The
+# kvbench backend writes the entries of the tasks it ran into every results file (config.kvbench.data).
+SOURCES: dict[str, dict] = {}
+
+
+def record_source(task: str, **source) -> None:
+    SOURCES[f"kvbench_{task}"] = source
 
 
 @dataclass(frozen=True)
@@ -92,6 +124,17 @@ def piece_lengths(tokenizer, pieces: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(pieces, add_special_tokens=False)["input_ids"]]
 
 
+def distinct(rng, make, n: int, exclude=()) -> list:
+    """n distinct values of `make(rng)`, none in `exclude`."""
+    seen, out = set(exclude), []
+    while len(out) < n:
+        item = make(rng)
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
 def rng_seed(*parts) -> int:
     """A seed derived from strings/ints, stable across runs and Python versions (hash() is not)."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
@@ -119,25 +162,35 @@ def fill(tokenizer, render, pieces: list[str], budget: int) -> tuple[str, int]:
     return render(pieces[:n]), n
 
 
-def truncate_context(tokenizer, render, context: str, budget: int) -> str:
+def truncate_context(tokenizer, template: Template, context: str, budget: int, fix: str = LENGTH_KEY) -> str:
     """HELMET's rule for its fixed files: cut the end of the context until the prompt fits the budget."""
-    prompt = render(context)
+    prompt = template(context)
     excess = count_tokens(tokenizer, prompt) - budget
     while excess > 0:
         if not context:
-            raise ValueError(f"the prompt does not fit {budget} tokens even without its context; raise {LENGTH_KEY}")
+            raise ValueError(f"the prompt does not fit {budget} tokens even without its context; raise {fix}")
         offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         keep = max(0, len(offsets) - excess)
         context = context[: offsets[keep][0]] if keep < len(offsets) else context
-        prompt = render(context)
+        prompt = template(context)
         excess = count_tokens(tokenizer, prompt) - budget
     return prompt
 
 
 def to_dataset(rows: list[dict]) -> dict[str, datasets.Dataset]:
-    """What lm-eval's custom_dataset must return: {split: Dataset}."""
-    rows = [{"qrels": [], **row} for row in rows]
-    return {"test": datasets.Dataset.from_list(rows, features=FEATURES)}
+    """What lm-eval's custom_dataset must return: {split: Dataset}. Each row's `template` (the Template its prompt
+    was rendered with) gives the context's span in the prompt."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        template = row.pop("template")
+        prompt = row["prompt"]
+        if not (prompt.startswith(template.prefix) and prompt.endswith(template.suffix)):
+            raise AssertionError(f"a {row.get('task')} prompt was not rendered with its template")
+        out.append({"qrels": [], "sample_line": -1, "demo_lines": [], "answer_prefix": "",
+                    "stop_at_newline_token": False, **row, "context_start": len(template.prefix),
+                    "context_end": len(prompt) - len(template.suffix)})
+    return {"test": datasets.Dataset.from_list(out, features=FEATURES)}
 
 
 # --- HELMET's released files ----------------------------------------------------------------------------

@@ -2,18 +2,20 @@
 
 Files per length follow HELMET's configs: the number of passages (k) grows with the length, and
 HELMET cuts the end of the context when a tokenizer makes the prompt longer than the length allows.
-ICL data is not in HELMET's archive (HELMET loads it from the Hub); `kvbench data fetch` writes it as
-icl/<name>/{train,test}.jsonl with fields `text` and `label` (an integer class id).
+Samples and demonstrations are drawn as HELMET draws them (kvbench.data.sampling), so a run evaluates
+the questions HELMET evaluates. ICL data is not in HELMET's archive (HELMET loads it from the Hub);
+`kvbench data fetch` writes it as icl/<name>/{train,test}.jsonl with fields `text` and `label` (an
+integer class id), in the Hub datasets' row order.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
-from kvbench.data import common
+from kvbench.data import common, sampling
+from kvbench.data.fetch import sha256_of
 
 # --- RAG (KILT passages) ---------------------------------------------------------------------------------
 
@@ -40,48 +42,50 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def sample_rows(rows: list[dict], n: int, seed: int) -> list[dict]:
-    """At most n rows, drawn with the seed (HELMET evaluates a seeded sample of 100), in file order."""
-    if len(rows) <= n:
-        return rows
-    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in keep]
+def read_rows(root: Path, relative: str) -> list[sampling.Row]:
+    return sampling.numbered(read_jsonl(root / relative))
 
 
-def _demos_for(key: str, pool: list[dict], key_field: str, shots: int, seed: int) -> list[dict]:
-    """`shots` demos other than the sample itself, chosen by a seed derived from the sample (stable per question)."""
-    others, seen = [], {key}
-    for row in pool:
-        if row[key_field] not in seen:
-            seen.add(row[key_field])
-            others.append(row)
-    return random.Random(common.rng_seed(key, seed)).sample(others, min(shots, len(others)))
+def record_files(task: str, root: Path, *relative: str) -> None:
+    """Which of HELMET's files the task ran on, with their SHA-256 (written into every results file)."""
+    common.record_source(task, data="helmet", data_dir=str(root),
+                         files={name: sha256_of(root / name) for name in relative})
 
 
-def rag_prompt(question: str, context: str, demos: list[dict]) -> str:
+def _template(user: str, system: str, **fields) -> common.Template:
+    prefix, suffix = user.format(context="\0", **fields).split("\0")
+    return common.Template(prefix, suffix + "\n" + system)
+
+
+def rag_template(question: str, demos: list[dict]) -> common.Template:
     demo_text = "".join(
         "\n\n".join(PASSAGE.format(**c) for c in d["ctxs"]) + f"\n\nQuestion: {d['question']}\nAnswer: {d['answers'][0]}\n\n"
         for d in demos
     )
-    return RAG_USER.format(demos=demo_text, context=context, question=question) + "\n" + RAG_SYSTEM
+    return _template(RAG_USER, RAG_SYSTEM, demos=demo_text, question=question)
+
+
+def low_popularity(rows: list[sampling.Row]) -> list[sampling.Row]:
+    """PopQA as HELMET's kilt_popqa_3: questions about entities with log10(popularity) below 3."""
+    return [(line, row) for line, row in rows if math.log10(max(row["s_pop"], 1)) < POPQA_MAX_LOG_POPULARITY]
 
 
 def build_rag(task: str, s: common.Settings) -> list[dict]:
     test_pattern, demo_file = RAG_FILES[task]
     test_file = test_pattern.format(k=RAG_K[common.helmet_length(s, task)])
     root = common.data_dir(s, task, "kvbench_synth_rag", test_file)
-    rows, pool = read_jsonl(root / test_file), read_jsonl(root / demo_file)
-    if task == "kilt_popqa":
-        popular = lambda r: "s_pop" in r and math.log10(max(r["s_pop"], 1)) >= POPQA_MAX_LOG_POPULARITY  # noqa: E731
-        rows, pool = [r for r in rows if not popular(r)], [r for r in pool if not popular(r)]
-    key_field = "id" if rows and "id" in rows[0] else "question"
+    rows, pool = read_rows(root, test_file), read_rows(root, demo_file)
+    popqa = task == "kilt_popqa"
+    if popqa:
+        rows, pool = low_popularity(rows), low_popularity(pool)
     out = []
-    for row in sample_rows(rows, s.num_samples, s.seed):
-        demos = _demos_for(row[key_field], pool, key_field, RAG_SHOTS, s.seed)
-        render = lambda ctx, r=row, d=demos: rag_prompt(r["question"], ctx, d)  # noqa: E731
+    for (line, row), demos in sampling.rag_draw(rows, pool, s.num_samples, RAG_SHOTS, s.seed, exclude_own=popqa):
+        template = rag_template(row["question"], [d for _, d in demos])
         context = "\n\n".join(PASSAGE.format(**c) for c in row["ctxs"])
-        prompt = common.truncate_context(s.tokenizer, render, context, s.length - RAG_GEN_TOKENS)
-        out.append({"prompt": prompt, "answers": list(row["answers"]), "metric": "substring_exact_match"})
+        out.append({"prompt": common.truncate_context(s.tokenizer, template, context, s.length - RAG_GEN_TOKENS),
+                    "template": template, "answers": list(row["answers"]), "metric": "substring_exact_match",
+                    "answer_prefix": RAG_SYSTEM, "sample_line": line, "demo_lines": [d for d, _ in demos]})
+    record_files(task, root, test_file, demo_file)
     return out
 
 
@@ -110,25 +114,27 @@ def gold_ranking(ctxs: list[dict]) -> str:
     return " > ".join(str(c["id"]) for c in sorted(ctxs, key=lambda c: c["label"], reverse=True))
 
 
-def rerank_prompt(query: str, context: str, demos: list[dict]) -> str:
+def rerank_template(query: str, demos: list[dict]) -> common.Template:
     demo_text = "".join(
         f"{rerank_passages(d['ctxs'])}\n\nQuery: {d['query']}\nRanking: {gold_ranking(d['ctxs'])}\n\n" for d in demos
     )
-    return RERANK_USER.format(demos=demo_text, context=context, question=query) + "\n" + RERANK_SYSTEM
+    return _template(RERANK_USER, RERANK_SYSTEM, demos=demo_text, question=query)
 
 
 def build_rerank(task: str, s: common.Settings) -> list[dict]:
     test_file = RERANK_FILE.format(k=RERANK_K[common.helmet_length(s, task)])
     root = common.data_dir(s, task, "kvbench_synth_rerank", test_file)
-    rows, pool = read_jsonl(root / test_file), read_jsonl(root / RERANK_DEMO_FILE)
+    rows, pool = read_rows(root, test_file), read_rows(root, RERANK_DEMO_FILE)
     out = []
-    for row in sample_rows(rows, s.num_samples, s.seed):
-        demos = _demos_for(row["qid"], pool, "qid", RERANK_SHOTS, s.seed)
-        render = lambda ctx, r=row, d=demos: rerank_prompt(r["query"], ctx, d)  # noqa: E731
-        prompt = common.truncate_context(s.tokenizer, render, rerank_passages(row["ctxs"]), s.length - RERANK_GEN_TOKENS)
+    for (line, row), demos in sampling.rerank_draw(rows, pool, s.num_samples, RERANK_SHOTS, s.seed):
+        template = rerank_template(row["query"], [d for _, d in demos])
+        prompt = common.truncate_context(s.tokenizer, template, rerank_passages(row["ctxs"]),
+                                         s.length - RERANK_GEN_TOKENS)
         # Graded labels of every passage, also those truncated away: missing them is the model's loss.
         qrels = [f"{c['id']}:{int(c['label'])}" for c in row["ctxs"]]
-        out.append({"prompt": prompt, "answers": [gold_ranking(row["ctxs"])], "qrels": qrels, "metric": "ndcg_at_10"})
+        out.append({"prompt": prompt, "template": template, "answers": [gold_ranking(row["ctxs"])], "qrels": qrels,
+                    "metric": "ndcg_at_10", "sample_line": line, "demo_lines": [d for d, _ in demos]})
+    record_files(task, root, test_file, RERANK_DEMO_FILE)
     return out
 
 
@@ -148,47 +154,26 @@ ICL_USER = ("Use the provided mapping from the text to label to assign a label t
 ICL_SYSTEM = "label:"
 
 
-def icl_prompt(context: str, question: str) -> str:
-    return ICL_USER.format(context=context, question=question) + "\n" + ICL_SYSTEM
-
-
-def balanced(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
-    """n rows in rounds that hold every label once (random order inside a round), as HELMET's balance_labels."""
-    by_label: dict[int, list[dict]] = {}
-    for row in rows:
-        by_label.setdefault(int(row["label"]), []).append(row)
-    rounds = [[] for _ in range(math.ceil(n / len(by_label)))]
-    for members in by_label.values():
-        picks = rng.sample(members, min(len(rounds), len(members)))
-        while len(picks) < len(rounds):  # with replacement only when a label has too few rows
-            picks += rng.sample(members, min(len(rounds) - len(picks), len(members)))
-        for r, row in zip(rounds, picks):
-            r.append(row)
-    for r in rounds:
-        rng.shuffle(r)
-    return [row for r in rounds for row in r][:n]
+def icl_template(question: str) -> common.Template:
+    return _template(ICL_USER, ICL_SYSTEM, question=question)
 
 
 def build_icl(task: str, s: common.Settings) -> list[dict]:
     name = task.removeprefix("icl_")
     shots = ICL_SHOTS[task][common.helmet_length(s, task)]
-    root = common.data_dir(s, task, "kvbench_synth_icl", f"icl/{name}/test.jsonl")
-    train, test = read_jsonl(root / f"icl/{name}/train.jsonl"), read_jsonl(root / f"icl/{name}/test.jsonl")
-    num_labels = 1 + max(int(r["label"]) for r in train + test)
-    if len(test) > s.num_samples:
-        test = balanced(test, s.num_samples, random.Random(s.seed))
+    train_file, test_file = f"icl/{name}/train.jsonl", f"icl/{name}/test.jsonl"
+    root = common.data_dir(s, task, "kvbench_synth_icl", test_file)
+    train, test = read_rows(root, train_file), read_rows(root, test_file)
     out = []
-    for row in test:
-        local = common.rng_seed(row["text"], s.seed)
-        demos = balanced(train, shots, random.Random(local))
-        # Labels become shuffled integers, so the model must learn the mapping from the demos (HELMET's default).
-        mapping = list(range(num_labels))
-        random.Random(local).shuffle(mapping)
-        pairs = [(d["text"], str(mapping[int(d["label"])])) for d in demos]
-        render = lambda ctx, q=row["text"]: icl_prompt(ctx, q)  # noqa: E731
-        context = "\n\n".join(f"{text}\nlabel: {label}" for text, label in pairs)
-        prompt = common.truncate_context(s.tokenizer, render, context, s.length - ICL_GEN_TOKENS)
-        out.append({"prompt": prompt, "answers": [str(mapping[int(row["label"])])], "metric": "label_accuracy"})
+    for (line, row), demos, mapping in sampling.icl_draw(train, test, sampling.ICL_NUM_LABELS[name], shots,
+                                                         s.num_samples, s.seed):
+        # Labels are shown as shuffled integers, so the model must learn the mapping from the demos (HELMET's).
+        context = "\n\n".join(f"{d['text']}\nlabel: {mapping[int(d['label'])]}" for _, d in demos)
+        template = icl_template(row["text"])
+        out.append({"prompt": common.truncate_context(s.tokenizer, template, context, s.length - ICL_GEN_TOKENS),
+                    "template": template, "answers": [str(mapping[int(row["label"])])], "metric": "label_accuracy",
+                    "sample_line": line, "demo_lines": [d for d, _ in demos]})
+    record_files(task, root, train_file, test_file)
     return out
 
 
@@ -196,7 +181,8 @@ BUILDERS = {**{t: build_rag for t in RAG_FILES}, "msmarco_rerank": build_rerank,
 
 
 def build(task: str, **settings) -> dict:
-    """lm-eval's custom_dataset for a data-backed task."""
+    """lm-eval's custom_dataset for a data-backed task. RAG, re-rank and ICL stop at a generated newline token,
+    as HELMET's configs for them do (stop_new_line)."""
     s = common.settings(settings, default_samples=ICL_SAMPLES if task in ICL_SHOTS else 100)
     rows = BUILDERS[task](task, s)
-    return common.to_dataset([{**r, "task": task, "length": s.length} for r in rows])
+    return common.to_dataset([{**r, "task": task, "length": s.length, "stop_at_newline_token": True} for r in rows])
