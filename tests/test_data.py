@@ -1,5 +1,6 @@
 """Task documents: every task at 4K and 16K fits and fills its length; seeds; HELMET's layout; missing data."""
 
+import hashlib
 import json
 import random
 import sys
@@ -12,12 +13,14 @@ from checkpoints import build_tokenizer  # noqa: E402
 from helmet_files import write_jsonl as _write  # noqa: E402
 from helmet_files import write_helmet_data  # noqa: E402
 
-from kvbench.data import common, helmet, recall, synth  # noqa: E402
+from kvbench.data import common, helmet, recall, ruler, synth  # noqa: E402
 
-GENERATED = {**{t: (recall.build, recall.GEN_TOKENS[t]) for t in recall.GEN_TOKENS},
+GENERATED = {**{f"gen_{t}": (ruler.build, recall.GEN_TOKENS[t]) for t in recall.GEN_TOKENS},
              **{t: (synth.build, synth.GEN_TOKENS[t]) for t in synth.GEN_TOKENS}}
-DATA_BACKED = {**{t: helmet.RAG_GEN_TOKENS for t in helmet.RAG_FILES}, "msmarco_rerank": helmet.RERANK_GEN_TOKENS,
-               **{t: helmet.ICL_GEN_TOKENS for t in helmet.ICL_SHOTS}}
+DATA_BACKED = {**{t: (helmet.build, helmet.RAG_GEN_TOKENS) for t in helmet.RAG_FILES},
+               "msmarco_rerank": (helmet.build, helmet.RERANK_GEN_TOKENS),
+               **{t: (helmet.build, helmet.ICL_GEN_TOKENS) for t in helmet.ICL_SHOTS},
+               **{t: (recall.build, recall.GEN_TOKENS[t]) for t in recall.GEN_TOKENS}}
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +56,12 @@ def test_generated_tasks_fit_and_fill(task, length, tokenizer, tmp_path):
 @pytest.mark.parametrize("length", [4096, 16384])
 @pytest.mark.parametrize("task", sorted(DATA_BACKED))
 def test_data_backed_tasks_fit_and_fill(task, length, tokenizer, helmet_dir):
-    docs = helmet.build(task, tokenizer=tokenizer, context_length=length, num_samples=2, data_dir=helmet_dir)["test"]
-    _check_fit(tokenizer, docs, length, DATA_BACKED[task])
+    build, gen = DATA_BACKED[task]
+    docs = build(task, tokenizer=tokenizer, context_length=length, num_samples=2, data_dir=helmet_dir)["test"]
+    _check_fit(tokenizer, docs, length, gen)
 
 
-@pytest.mark.parametrize("task", ["json_kv", "ruler_mv", "synth_rerank", "synth_icl"])
+@pytest.mark.parametrize("task", ["gen_json_kv", "gen_ruler_mv", "synth_rerank", "synth_icl"])
 def test_seed_decides_the_documents(task, tokenizer, tmp_path):
     build = GENERATED[task][0]
     make = lambda seed: build(task, tokenizer=tokenizer, context_length=4096, num_samples=2, seed=seed,  # noqa: E731
@@ -105,7 +109,7 @@ def test_icl_prompt_from_helmet_layout(tokenizer, helmet_dir):
         assert doc["prompt"].count("\nlabel: ") > 50  # many demonstrations
 
 
-def test_helmet_recall_files_are_read_when_present(tokenizer, tmp_path):
+def test_helmet_recall_files_are_read_with_helmets_templates(tokenizer, tmp_path):
     data = tmp_path / "data"
     context = "JSON data:\n{" + ", ".join(f'"k{i}": "v{i}"' for i in range(3000)) + "}"
     _write(data / "json_kv/test_k50_dep6.jsonl",
@@ -114,11 +118,23 @@ def test_helmet_recall_files_are_read_when_present(tokenizer, tmp_path):
     assert doc["prompt"].startswith('JSON data:\n{"k0": "v0"')
     assert doc["prompt"].endswith('Key: "k1"\nCorresponding value: v1\n\nKey: "k2"\nCorresponding value: v2\n\n'
                                   'Key: "k7"\nCorresponding value:')
+    assert doc["prompt"][doc["context_start"]:doc["context_end"]] == doc["prompt"].split("\n\nExtract")[0]
     _write(data / "ruler/niah_multikey_2/validation_4096.jsonl",
-           [{"context": "needle text", "query": "abc-def", "outputs": ["1234567"], "type_needle_v": "numbers"}])
+           [{"context": "needle text", "query": "abc-def", "outputs": ["1234567"], "type_needle_v": "number"}])
     doc = recall.build("ruler_mk_needle", tokenizer=tokenizer, context_length=4096, data_dir=tmp_path)["test"][0]
-    assert doc["prompt"] == recall.niah_prompt("ruler_mk_needle", "needle text", "abc-def", "numbers")
-    assert list(doc["answers"]) == ["1234567"]
+    assert doc["prompt"] == (
+        "A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you about "
+        "the number afterwards.\nneedle text\nWhat is the special magic number for abc-def mentioned in the provided "
+        "text?\nThe special magic number for abc-def mentioned in the provided text is")
+    assert list(doc["answers"]) == ["1234567"] and doc["sample_line"] == 0
+
+
+@pytest.mark.parametrize("task", sorted(recall.GEN_TOKENS))
+def test_recall_without_helmets_files_fails_and_names_the_generated_task(task, tokenizer, tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        recall.build(task, tokenizer=tokenizer, context_length=8192, data_dir=tmp_path / "nowhere")
+    message = str(error.value)
+    assert "kvbench data fetch" in message and f"kvbench_gen_{task}" in message and "data_dir" in message
 
 
 @pytest.mark.parametrize("task, synthetic", [("kilt_nq", "kvbench_synth_rag"), ("msmarco_rerank", "kvbench_synth_rerank"),
@@ -137,3 +153,92 @@ def test_bad_settings_are_explained(tokenizer, helmet_dir):
         synth.build("synth_rag", tokenizer=tokenizer, context_length="16k")
     with pytest.raises(ValueError, match="pretrained"):
         synth.build("synth_rag", context_length=4096)
+
+
+# ---- the generated recall variants: RULER's templates and haystacks, line by line ----
+
+ADJECTIVE_NOUN = r"[A-Za-z][A-Za-z' -]*-[A-Za-z' -]*[A-Za-z]"  # wonderwords' adjective, "-", its noun
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+
+
+def generated(task, tokenizer, samples=2):
+    return ruler.build(task, tokenizer=tokenizer, context_length=4096, num_samples=samples)["test"]
+
+
+@pytest.mark.parametrize("task, kind, key, value", [("gen_ruler_mk_needle", "number", ADJECTIVE_NOUN, r"\d{7}"),
+                                                    ("gen_ruler_mk_uuid", "uuid", UUID, UUID)])
+def test_generated_multikey_prompts_are_rulers_line_by_line(task, kind, key, value, tokenizer):
+    import re
+
+    for doc in generated(task, tokenizer):
+        lines = doc["prompt"].split("\n")
+        query = re.fullmatch(f"The special magic {kind} for (.+) mentioned in the provided text is", lines[-1])[1]
+        assert re.fullmatch(key, query)
+        assert lines[0] == (f"A special magic {kind} is hidden within the following text. Make sure to memorize it. "
+                            f"I will quiz you about the {kind} afterwards.")  # singular: one needle
+        assert lines[-2] == f"What is the special magic {kind} for {query} mentioned in the provided text?"
+        haystack = lines[1:-2]  # one needle per line (RULER's "needle" haystack)
+        assert len(haystack) > 20
+        for line in haystack:
+            assert re.fullmatch(f"One of the special magic {kind}s for ({key}) is: ({value})\\.", line), line
+        gold = [line for line in haystack if f" for {query} is: " in line]
+        assert len(gold) == 1 and gold[0].endswith(f": {doc['answers'][0]}.")
+        assert doc["prompt"][doc["context_start"]:doc["context_end"]] == "\n".join(haystack)
+
+
+def test_generated_multivalue_prompt_hides_four_values_in_prose(tokenizer):
+    import re
+
+    prose = set(ruler.prose_sentences())
+    for doc in generated("gen_ruler_mv", tokenizer):
+        lines = doc["prompt"].split("\n")
+        assert len(lines) == 4  # instruction, the prose haystack on one line, question, answer prefix
+        query = re.fullmatch(r"The special magic numbers for (.+) mentioned in the provided text are", lines[-1])[1]
+        assert re.fullmatch(ADJECTIVE_NOUN, query)
+        assert lines[0] == ("Some special magic numbers are hidden within the following text. Make sure to memorize "
+                            "it. I will quiz you about the numbers afterwards.")
+        assert lines[2] == f"What are all the special magic numbers for {query} mentioned in the provided text?"
+        needles = [f"One of the special magic numbers for {query} is: {v}." for v in doc["answers"]]
+        assert len(needles) == 4 and all(n in lines[1] for n in needles)
+        rest = lines[1]
+        for needle in needles:
+            rest = rest.replace(needle, "|")
+        sentences = [s for part in rest.split("|") for s in re.split(r"(?<=[.!?]) (?=\S)", part.strip()) if s]
+        assert len(sentences) > 20 and all(s in prose for s in sentences)  # joined by spaces, from the bundled prose
+
+
+def test_generated_json_kv_draws_its_demonstrations_from_the_whole_object(tokenizer):
+    import json
+    import re
+
+    distances = []
+    for doc in generated("gen_json_kv", tokenizer, samples=6):
+        lines = doc["prompt"].split("\n")
+        assert lines[0] == "JSON data:" and lines[1].startswith('{"')
+        end = lines.index("Extract the value corresponding to the specified key in the JSON object below.")
+        records = [json.loads("{" + line.strip(" {},") + "}") for line in lines[1 : end - 1]]
+        keys = [next(iter(r)) for r in records]
+        assert all(re.fullmatch(UUID, k) for k in keys) and lines[end - 1] == ""
+        asked = json.loads(lines[-2].removeprefix("Key: "))
+        assert lines[-1] == "Corresponding value:" and records[keys.index(asked)][asked] == doc["answers"][0]
+        demos = [json.loads(line.removeprefix("Key: ")) for line in lines[end + 2 : -2] if line.startswith("Key: ")]
+        assert len(demos) == 2 and asked not in demos
+        distances += [abs(keys.index(d) - keys.index(asked)) for d in demos]
+    assert max(distances) > 20  # not the asked record's neighbourhood
+
+
+def test_helmet_documents_carry_the_lines_of_their_samples_and_demos(tokenizer, tmp_path):
+    from helmet_reference_files import write_all
+
+    expected = json.loads((Path(__file__).parent / "data/helmet_draws/expected_ids.json").read_text())["tasks"]
+    write_all(str(tmp_path / "data"))
+    for task, reference in (("kilt_triviaqa", "kilt_triviaqa"), ("msmarco_rerank", "msmarco_rerank_psg")):
+        docs = helmet.build(task, tokenizer=tokenizer, context_length=131072, data_dir=tmp_path)["test"]
+        assert docs["sample_line"] == expected[reference]["sample_lines"]
+        assert docs["demo_lines"] == expected[reference]["demo_lines"]
+    docs = recall.build("ruler_mk_uuid", tokenizer=tokenizer, context_length=131072, data_dir=tmp_path)["test"]
+    assert docs["sample_line"] == expected["ruler_niah_mk_3"]["sample_lines"]
+    source = common.SOURCES["kvbench_ruler_mk_uuid"]
+    assert source["data"] == "helmet" and list(source["files"]) == ["ruler/niah_multikey_3/validation_131072.jsonl"]
+    assert source["files"]["ruler/niah_multikey_3/validation_131072.jsonl"] == hashlib.sha256(
+        (tmp_path / "data/ruler/niah_multikey_3/validation_131072.jsonl").read_bytes()).hexdigest()

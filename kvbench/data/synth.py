@@ -12,16 +12,24 @@ import random
 import string
 
 from kvbench.data import common
-from kvbench.data.recall import _unique, pseudo_word
 
 WORDS = ("red blue green black white gold apple bread milk rice fish cake cat dog bird horse frog bee "
          "sun moon star rain snow wind tree rock river hill lake sea car ship train bike road door "
          "book pen cup box ball hat shoe coat ring bell lamp drum key map").split()  # 48 short words
 ATTRIBUTES = {"color": WORDS[0:6], "food": WORDS[6:12], "pet": WORDS[12:18], "weather": WORDS[18:24],
               "place": WORDS[24:30], "vehicle": WORDS[30:36]}
+GENERATOR_VERSION = 1  # raise when a change makes the same seed give other prompts
 GEN_TOKENS = {"synth_recall": 8, "synth_rag": 8, "synth_rerank": 64, "synth_icl": 8}
 METRICS = {"synth_recall": "substring_exact_match", "synth_rag": "substring_exact_match",
            "synth_rerank": "ndcg_at_10", "synth_icl": "label_accuracy"}
+
+
+_ONSETS = "b c d f g h k l m n p r s t v z".split()
+_VOWELS = "a e i o u".split()
+
+
+def pseudo_word(rng: random.Random, syllables: int = 3) -> str:
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))
 
 
 def _spread(rng: random.Random, fixed: list[str], fitted: list[str]) -> list[str]:
@@ -32,38 +40,38 @@ def _spread(rng: random.Random, fixed: list[str], fitted: list[str]) -> list[str
     return items
 
 
-def _depth_render(seed: int, fixed: list[str], make_prompt):
+def _depth_render(seed: int, fixed: list[str], template: common.Template, joiner: str = "\n"):
     # Re-seeding on every render keeps the gold items' relative depths fixed while the haystack is fitted.
-    return lambda fitted: make_prompt(_spread(random.Random(seed), fixed, fitted))
+    return lambda fitted: template(joiner.join(_spread(random.Random(seed), fixed, fitted)))
 
 
 # --- recall: key-value lookup --------------------------------------------------------------------------
 
 def _recall(s: common.Settings, rng: random.Random, budget: int) -> dict:
     n = max(16, s.length // 4)
-    keys = _unique(rng, lambda r: "".join(r.choices(string.ascii_lowercase, k=4)), n + 1)
+    keys = common.distinct(rng, lambda r: "".join(r.choices(string.ascii_lowercase, k=4)), n + 1)
     values = [str(rng.randint(1000, 9999)) for _ in keys]
     query, gold = keys[0], values[0]
     lines = [f"{k}: {v}" for k, v in zip(keys[1:], values[1:])]
-    render = _depth_render(rng.getrandbits(31), [f"{query}: {gold}"], lambda items: (
-        "Find the value of the key in the list below.\n\n" + "\n".join(items) + f"\n\nKey: {query}\nValue:"))
-    return {"prompt": common.fill(s.tokenizer, render, lines, budget)[0], "answers": [gold]}
+    template = common.Template("Find the value of the key in the list below.\n\n", f"\n\nKey: {query}\nValue:")
+    render = _depth_render(rng.getrandbits(31), [f"{query}: {gold}"], template)
+    return {"prompt": common.fill(s.tokenizer, render, lines, budget)[0], "template": template, "answers": [gold]}
 
 
 # --- RAG: a fact about an entity among passages about others -------------------------------------------
 
 def _rag(s: common.Settings, rng: random.Random, budget: int) -> dict:
     n = max(16, s.length // 8)
-    names = _unique(rng, lambda r: pseudo_word(r, 2), n // len(ATTRIBUTES) + 2)
+    names = common.distinct(rng, lambda r: pseudo_word(r, 2), n // len(ATTRIBUTES) + 2)
     facts = [(name, attr, rng.choice(values)) for name in names for attr, values in ATTRIBUTES.items()]
     rng.shuffle(facts)
     (name, attr, gold), distractors = facts[0], facts[1:]
     passage = "Document: the {1} of {0} is {2}."
-    render = _depth_render(rng.getrandbits(31), [passage.format(name, attr, gold)], lambda items: (
-        "Use the given documents to answer the question.\n\n" + "\n".join(items)
-        + f"\n\nQuestion: what is the {attr} of {name}?\nAnswer:"))
+    template = common.Template("Use the given documents to answer the question.\n\n",
+                               f"\n\nQuestion: what is the {attr} of {name}?\nAnswer:")
+    render = _depth_render(rng.getrandbits(31), [passage.format(name, attr, gold)], template)
     pieces = [passage.format(*f) for f in distractors]
-    return {"prompt": common.fill(s.tokenizer, render, pieces, budget)[0], "answers": [gold]}
+    return {"prompt": common.fill(s.tokenizer, render, pieces, budget)[0], "template": template, "answers": [gold]}
 
 
 # --- re-rank: relevance = how many query words a passage holds -----------------------------------------
@@ -93,14 +101,15 @@ def _rerank(s: common.Settings, rng: random.Random, budget: int) -> dict:
         relevant.append((ids.pop(), overlap, " ".join(words)))
     passage = "[ID: {0}] Document: {2}"
     distractors = [passage.format(ids.pop(), 0, " ".join(rng.sample(others, 4))) for _ in range(n)]
-    render = _depth_render(rng.getrandbits(31), [passage.format(*r) for r in relevant], lambda items: (
+    template = common.Template(
         "Rank the documents by how many words of the query they contain, most first. Write the IDs of the "
-        "10 most relevant documents in this format:\nRanking: ID3 > ID1 > ID2\n\n" + "\n".join(items)
-        + f"\n\n{RERANK_RESTATED}\n\nQuery: {' '.join(query)}\nRanking:"))
+        "10 most relevant documents in this format:\nRanking: ID3 > ID1 > ID2\n\n",
+        f"\n\n{RERANK_RESTATED}\n\nQuery: {' '.join(query)}\nRanking:")
+    render = _depth_render(rng.getrandbits(31), [passage.format(*r) for r in relevant], template)
     prompt, fitted = common.fill(s.tokenizer, render, distractors, budget)
     qrels = [f"{i}:{o}" for i, o, _ in relevant] + [f"{p.split(']')[0][5:]}:0" for p in distractors[:fitted]]
     gold = " > ".join(i for i, _, _ in sorted(relevant, key=lambda r: -r[1]))
-    return {"prompt": prompt, "answers": [gold], "qrels": qrels}
+    return {"prompt": prompt, "template": template, "answers": [gold], "qrels": qrels}
 
 
 # --- ICL: six classes, each owning a few topic words; labels are shuffled integers per sample -----------
@@ -122,10 +131,10 @@ def _icl(s: common.Settings, rng: random.Random, budget: int) -> dict:
     for _ in range(max(1, s.length // (4 * len(topics)))):
         for c in rng.sample(range(len(topics)), len(topics)):
             demos.append(f"{_icl_text(rng, topics[c], noise)}\nlabel: {mapping[c]}")
-    render = lambda items: (  # noqa: E731
-        "Use the provided mapping from the text to label to assign a label to the text. "
-        "Only output \"label: {label}\" and nothing else. \n\n" + "\n\n".join(items) + f"\n\n{question}\nlabel:")
-    return {"prompt": common.fill(s.tokenizer, render, demos, budget)[0], "answers": [str(mapping[gold_class])]}
+    template = common.Template("Use the provided mapping from the text to label to assign a label to the text. "
+                               "Only output \"label: {label}\" and nothing else. \n\n", f"\n\n{question}\nlabel:")
+    prompt = common.fill(s.tokenizer, lambda items: template("\n\n".join(items)), demos, budget)[0]
+    return {"prompt": prompt, "template": template, "answers": [str(mapping[gold_class])]}
 
 
 GENERATORS = {"synth_recall": _recall, "synth_rag": _rag, "synth_rerank": _rerank, "synth_icl": _icl}
@@ -139,4 +148,6 @@ def build(task: str, **settings) -> dict:
         rng = random.Random(common.rng_seed(task, s.seed, s.length, i))
         sample = GENERATORS[task](s, rng, s.length - GEN_TOKENS[task])
         rows.append({**sample, "metric": METRICS[task], "task": task, "length": s.length})
+    common.record_source(task, data="generated", generator="kvbench.data.synth", version=GENERATOR_VERSION,
+                         seed=s.seed, context_length=s.length)
     return common.to_dataset(rows)
