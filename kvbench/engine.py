@@ -46,8 +46,13 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     attn: str = "sdpa",
     return_logits: bool = False,
+    stop_token_ids: Sequence[int] = (),
 ) -> Generation:
-    """Greedy generation with `method` managing the KV cache; footprint measured from the cache that ran."""
+    """Greedy generation with `method` managing the KV cache; footprint measured from the cache that ran.
+
+    Generation ends at an end-of-sequence token (left out of the text), at a stop string (the text is cut before
+    it) or at one of `stop_token_ids` (kept in the text: HELMET's newline stop).
+    """
     from kvbench.methods.full import Full  # the default; the engine names no other method
 
     method = method if method is not None else Full()
@@ -74,6 +79,9 @@ def generate(
             generated.append(token)
             if token in eos:
                 finish_reason = "eos"
+                break
+            if token in stop_token_ids:
+                finish_reason = "stop"
                 break
             if stop and _first_stop(tokenizer.decode(generated, skip_special_tokens=True), stop) is not None:
                 finish_reason = "stop"

@@ -286,6 +286,9 @@ def test_kvbench_synthetic_tasks_run_end_to_end_through_plain_lm_eval(checkpoint
         [samples] = glob.glob(str(tmp_path / "*" / f"samples_{task}_*.jsonl"))
         per_sample = [json.loads(line)["kv_footprint"] for line in open(samples)]
         assert sum(per_sample) / 2 == pytest.approx(tallies[task]["kv_footprint"], abs=1e-9)
+        # which data ran: generated, by which generator and version, seed and length
+        assert results["config"]["kvbench"]["data"][task] == {
+            "data": "generated", "generator": "kvbench.data.synth", "version": 1, "seed": 42, "context_length": 1024}
 
 
 def test_bundled_tiny_model_loads_by_name():

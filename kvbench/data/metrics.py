@@ -21,11 +21,12 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def substring_exact_match(prediction: str, answers: list[str] | str) -> float:
-    """1.0 when some normalised gold answer occurs inside the normalised prediction."""
+def substring_exact_match(prediction: str, answers: list[str] | str, prefix: str = "") -> float:
+    """1.0 when some normalised gold answer occurs inside the normalised prediction. With `prefix` (RAG's
+    "Answer:", JSON KV's "Corresponding value:"), HELMET also scores the answer parsed after it and keeps the best."""
     answers = [answers] if isinstance(answers, str) else answers
-    pred = normalize_answer(prediction)
-    return float(any(normalize_answer(a) in pred for a in answers))
+    candidates = [prediction] + ([parse_output(prediction, prefix)] if prefix else [])
+    return float(any(normalize_answer(a) in normalize_answer(c) for a in answers for c in candidates if c is not None))
 
 
 def ruler_recall(prediction: str, answers: list[str]) -> float:
@@ -36,13 +37,19 @@ def ruler_recall(prediction: str, answers: list[str]) -> float:
     return sum(a.lower() in pred for a in answers) / len(answers)
 
 
+def parse_output(output: str, prefix: str) -> str | None:
+    """HELMET's parse_output: the rest of the line after `prefix` (case-insensitive), else the output's first line
+    (which may be empty), stripped and without a repeated prefix. None only when neither is found."""
+    for pattern in (re.escape(prefix) + r"(.*)(?:\n|$)", r"^(.*)(?:\n|$)"):
+        match = re.search(pattern, output, flags=re.IGNORECASE)
+        if match is not None:
+            return re.sub("^" + re.escape(prefix), "", match[1].strip(), flags=re.IGNORECASE).strip()
+    return None
+
+
 def parse_label(output: str, prefix: str = "label:") -> str | None:
-    """The answer after `prefix` on its line, else the first line (HELMET's parse_output). None for empty output."""
-    match = re.search(re.escape(prefix) + r"(.*)", output, flags=re.IGNORECASE)
-    line = match[1] if match else output.strip().split("\n")[0]
-    # Chat models sometimes repeat the prefix; drop it again.
-    line = re.sub("^" + re.escape(prefix), "", line.strip(), flags=re.IGNORECASE).strip()
-    return line or None
+    """The answer after `prefix` on its line, else the first line (HELMET's parse_output). None when empty."""
+    return parse_output(output, prefix) or None
 
 
 def label_accuracy(output: str, label: str, prefix: str = "label:") -> float:

@@ -13,7 +13,7 @@ from kvbench.data import metrics
 def score(doc: dict, output: str) -> float:
     kind, answers = doc["metric"], list(doc["answers"])
     if kind == "substring_exact_match":
-        return metrics.substring_exact_match(output, answers)
+        return metrics.substring_exact_match(output, answers, doc.get("answer_prefix") or "")
     if kind == "ruler_recall":
         return metrics.ruler_recall(output, answers)
     if kind == "label_accuracy":

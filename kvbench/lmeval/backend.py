@@ -10,6 +10,7 @@ which writes them into the results JSON as `results["config"]["kvbench"]`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 
@@ -22,6 +23,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 import kvbench
+from kvbench.data.common import SOURCES, Template, truncate_context
 from kvbench.engine import DEFAULT_CHUNK_SIZE, generate, score_continuation
 from kvbench.lmeval.tally import FootprintTally
 from kvbench.plugins import describe_parameters, load_method, method_class
@@ -201,17 +203,45 @@ class KVBenchLM(TemplateLM):
                 raise ValueError(
                     f"max_gen_toks ({max_gen_toks}) leaves no room for a prompt within max_length ({self.max_length})"
                 )
-            ids = self._left_truncate(self.tok_encode(context), budget, f"max_length {self.max_length} "
-                                      f"minus max_gen_toks {max_gen_toks}")
+            doc = getattr(request, "doc", None) or {}
+            stop_tokens = ()
+            if doc.get("stop_at_newline_token"):  # HELMET's stop: a generated newline token, not "\n" inside one
+                until, stop_tokens = [s for s in until if s != "\n"], self.newline_token_ids
+            why = f"max_length {self.max_length} minus max_gen_toks {max_gen_toks}"
+            ids = self._fit_prompt(context, doc, budget, why, request.task_name)
             generation = self._timed(
                 generate, self._model, ids, self.method, tokenizer=self.tokenizer, chunk_size=self.chunk_size,
-                max_new_tokens=max_gen_toks, stop=until, attn=self.attn,
+                max_new_tokens=max_gen_toks, stop=until, attn=self.attn, stop_token_ids=stop_tokens,
             )
             answer = KVText(generation.text, generation.stats.as_dict())
             self.tally.add(request.task_name, generation.stats)
             results.append(answer)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), str(answer))
         return results
+
+    @functools.cached_property
+    def newline_token_ids(self) -> tuple[int, ...]:
+        """The tokens HELMET stops at when a task stops at a newline: "\n" in each of the usual vocabularies."""
+        ids = {self.tokenizer.convert_tokens_to_ids(t) for t in ("\n", "Ċ", "ĊĊ", "<0x0A>")}
+        return tuple(sorted(i for i in ids if i is not None and i != self.tokenizer.unk_token_id))
+
+    def _fit_prompt(self, prompt: str, doc: dict, budget: int, why: str, task: str) -> list[int]:
+        """The prompt's tokens within `budget`. A kvbench task's document says where its context lies: then the
+        end of the context is cut, as HELMET does, and the instruction and question stay. Any other prompt is cut
+        from the left, as lm-eval's hf backend does."""
+        ids = self.tok_encode(prompt)
+        start = prompt.find(doc["prompt"]) if doc.get("context_end", 0) > doc.get("context_start", 0) else -1
+        if len(ids) <= budget or start < 0:
+            return self._left_truncate(ids, budget, why)
+        span = slice(start + doc["context_start"], start + doc["context_end"])
+        template = Template(prompt[: span.start], prompt[span.stop :])
+        shortened = truncate_context(self.tokenizer, template, prompt[span], budget, fix="max_length")
+        kept = self.tok_encode(shortened)
+        log.warning(f"{task}: a prompt of {len(ids)} tokens is over {why}; the end of its context was cut by "
+                    f"{len(ids) - len(kept)} tokens (as HELMET does), its instruction and question kept. Pass "
+                    f"max_length= in --model_args if the model holds more positions (this one: "
+                    f"{self._model.config.max_position_embeddings}).")
+        return kept
 
     def _fit(self, whole: list[int]) -> list[int]:
         """As lm-eval's hf backend: the last max_length + 1 tokens of context + continuation (all but the last are fed)."""
@@ -255,6 +285,8 @@ class KVBenchLM(TemplateLM):
                          "torch": torch.__version__},
             **self.tally.summary(),
         }
+        # Which data each task ran on (HELMET's files and their SHA-256, or a generator and its version).
+        run["data"] = {task: SOURCES[task] for task in run["tasks"] if task in SOURCES}
         if self._device.type == "cuda":
             run["gpu_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self._device)
         return {"kvbench": run}
