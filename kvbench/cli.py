@@ -98,8 +98,7 @@ def _data_fetch(args) -> int:
         url = args.url or fetch.HELMET_URL
         print(f"HELMET's data -> {fetch.fetch_helmet(dest, url, args.sha256, keep=args.keep_archive)}")
     if args.what in ("all", "icl"):
-        fetch.fetch_icl(dest)
-        print(f"ICL datasets -> {dest / 'data' / 'icl'}")
+        print(f"ICL datasets -> {fetch.fetch_icl(dest, sources=fetch.icl_mirror(args.icl_mirror))}")
     print(f"use it with --metadata '{{\"data_dir\": \"{dest}\"}}' or {common.DATA_DIR_ENV}={dest}")
     return 0
 
@@ -195,13 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="task data: HELMET's released files and the ICL datasets")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_commands.add_parser(
-        "fetch", help="download and unpack HELMET's data and the ICL datasets (online; resumable, checksummed)"
+        "fetch", help="download and unpack HELMET's data and the ICL datasets (online; resumable; ICL sources checksummed)"
     )
     fetch.add_argument("what", nargs="?", choices=["all", "helmet", "icl"], default="all")
     fetch.add_argument("--dest", help="target folder (default: $KVBENCH_DATA_DIR, else ~/.cache/kvbench/helmet)")
     fetch.add_argument("--url", default=None, help="mirror of HELMET's data.tar.gz")
     fetch.add_argument("--sha256", default=None, help="expected SHA-256 of data.tar.gz")
     fetch.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after unpacking")
+    fetch.add_argument("--icl-mirror", default=None, metavar="URL",
+                       help="fetch the ICL source files from URL/<source>/<file name> instead (checksums still pinned)")
     fetch.set_defaults(run=_data_fetch)
 
     sweep = commands.add_parser(

@@ -1,11 +1,14 @@
-"""`kvbench data fetch`'s download logic against a local HTTP server: resume with Range, checksum, unpack."""
+"""`kvbench data fetch`'s download logic against a local HTTP server: resume with Range, checksum, unpack; the ICL
+sets built from stand-ins of their raw source files."""
 
 import hashlib
 import io
+import json
 import re
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +111,96 @@ def test_cli_fetch_unpacks_helmet_layout(server, tmp_path, capsys):
     assert not (tmp_path / "data.tar.gz").exists()
     assert "data_dir" in capsys.readouterr().out
     assert main(["data", "fetch", "helmet", "--dest", str(tmp_path / "x"), "--url", url, "--sha256", "0" * 64]) == 2
+
+
+# ---- ICL: the raw files behind HELMET's Hub datasets, parsed as their loading scripts did ----
+
+STANDINS = Path(__file__).parent / "data" / "icl_standins"  # small files in each source's raw format
+
+
+class Folder(BaseHTTPRequestHandler):
+    """Serves tests/data/icl_standins as <source>/<file name>; counts requests."""
+
+    requests: list = []
+
+    def do_GET(self):
+        type(self).requests.append(self.path)
+        path = STANDINS / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_response(404)
+            self.end_headers()
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror():
+    Folder.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Folder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def standin_sources(base: str) -> dict:
+    """The pinned sources' layout, served from the mirror, with the stand-ins' own digests."""
+    from kvbench.data.icl_sources import SOURCES
+
+    out = {}
+    for source, entries in SOURCES.items():
+        out[source] = {}
+        for key, (url, _) in entries.items():
+            name = url.rsplit("/", 1)[-1]
+            out[source][key] = (f"{base}/{source}/{name}", hashlib.sha256((STANDINS / source / name).read_bytes()).hexdigest())
+    return out
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_icl_sets_are_built_from_the_raw_sources_as_their_scripts_read_them(mirror, tmp_path):
+    icl = fetch.fetch_icl(tmp_path, sources=standin_sources(mirror), progress=False)
+    assert sorted(p.name for p in icl.iterdir()) == ["banking77", "clinc150", "nlu", "trec_coarse", "trec_fine"]
+    # TREC: "FINE:label text" lines; a stray 0xF0 byte is a space, CRLF and trailing blanks are stripped
+    assert jsonl(icl / "trec_coarse/train.jsonl")[:4] == [
+        {"text": "How did serfdom develop in and then leave Russia ?", "label": 2},
+        {"text": "What is the sister city of Los Angeles ?", "label": 4},
+        {"text": "Who wrote `` Hamlet '' ?", "label": 3},
+        {"text": "How many   spaces  are kept inside ?", "label": 5}]
+    assert [r["label"] for r in jsonl(icl / "trec_fine/train.jsonl")] == [26, 32, 29, 38, 1]
+    assert [r["label"] for r in jsonl(icl / "trec_fine/test.jsonl")] == [40, 12]
+    # banking77: quoted CSV, a space after the comma, labels by the script's list (not alphabetical)
+    assert jsonl(icl / "banking77/train.jsonl")[1:] == [
+        {"text": 'I ordered it, but it says "pending"', "label": 45},
+        {"text": "Why was I refunded twice?", "label": 51}, {"text": "Is this reverted?", "label": 53}]
+    assert jsonl(icl / "banking77/test.jsonl") == [{"text": "Café charged me twice", "label": 63}]
+    # clinc150 "plus": in-scope then out-of-scope; HELMET's test split is the validation split
+    assert [r["label"] for r in jsonl(icl / "clinc150/train.jsonl")] == [5, 150, 0, 42]
+    assert jsonl(icl / "clinc150/test.jsonl") == [{"text": "set a timer", "label": 32},
+                                                 {"text": "who is the best nfl team", "label": 42},
+                                                 {"text": "tell me about kites", "label": 42}]
+    # NLU: "null" annotations dropped, slot markup removed, then HELMET's own 10% split with seed 42
+    assert jsonl(icl / "nlu/test.jsonl") == [{"text": "email mom and  dad", "label": 17}]
+    assert [r["text"] for r in jsonl(icl / "nlu/train.jsonl")] == [
+        "who is bill gates; really", "[weird:no space] stays", "turn off the kitchen lights",
+        "wake me up at five am this week"]
+    requests = len(Folder.requests)
+    fetch.fetch_icl(tmp_path, sources=standin_sources(mirror), progress=False)  # again: nothing downloaded
+    assert len(Folder.requests) == requests == 6
+
+
+def test_an_icl_source_that_does_not_match_its_pinned_checksum_is_named(mirror, tmp_path, capsys):
+    # The stand-ins are not the real files, so against the pinned digests the first one fails, by name.
+    assert main(["data", "fetch", "icl", "--dest", str(tmp_path), "--icl-mirror", mirror]) == 2
+    error = capsys.readouterr().err
+    assert "checksum mismatch for train_5500.label" in error and "run the command again" in error
+    assert not list((tmp_path / "downloads").rglob("train_5500.label*"))  # nothing corrupt left behind

@@ -1,8 +1,9 @@
 """`kvbench data fetch`: HELMET's released data and the ICL datasets, for machines that are online.
 
 Downloads resume where they stopped (HTTP Range on a `.part` file), show a progress bar, and are
-checked against a SHA-256 when one is known; the digest of what was downloaded is always written next
-to it (`<file>.sha256`) so a later run, or another machine, can check against it.
+checked against a SHA-256 when one is known (always for the ICL sources, kvbench.data.icl_sources); the
+digest of what was downloaded is always written next to it (`<file>.sha256`) so a later run, or another
+machine, can check against it. A file that does not match is named in the error and removed.
 """
 
 from __future__ import annotations
@@ -14,15 +15,9 @@ import urllib.request
 from pathlib import Path
 
 HELMET_URL = "https://huggingface.co/datasets/princeton-nlp/HELMET/resolve/main/data.tar.gz"
-HELMET_SHA256 = None  # not published; pass --sha256 to pin it (the digest is printed and saved after download)
-# HELMET loads these from the Hub: (dataset, config, text field, label field, test split or None to split train).
-ICL_SOURCES = {
-    "trec_coarse": ("CogComp/trec", None, "text", "coarse_label", "test"),
-    "trec_fine": ("CogComp/trec", None, "text", "fine_label", "test"),
-    "banking77": ("PolyAI/banking77", None, "text", "label", "test"),
-    "clinc150": ("clinc_oos", "plus", "text", "intent", "validation"),
-    "nlu": ("xingkunliuxtracta/nlu_evaluation_data", None, "text", "label", None),
-}
+# HELMET publishes no digest of its archive: pass --sha256 to pin one; the digest of what was downloaded is saved
+# beside it, and every results file records the SHA-256 of each HELMET file a task read.
+HELMET_SHA256 = None
 CHUNK = 1 << 20
 
 
@@ -64,8 +59,8 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
     if sha256 is not None and digest != sha256:
         part.unlink()
         raise ValueError(
-            f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}; the partial download was "
-            f"removed, run the command again to download from scratch"
+            f"checksum mismatch for {dest.name} ({url}): expected sha256 {sha256}, got {digest}; the download was "
+            f"removed, run the command again to download it from scratch"
         )
     part.replace(dest)
     dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
@@ -107,18 +102,36 @@ def fetch_helmet(dest: Path, url: str = HELMET_URL, sha256: str | None = HELMET_
     return dest / "data"
 
 
-def fetch_icl(dest: Path, seed: int = 42) -> None:
-    """Write icl/<name>/{train,test}.jsonl (fields text, label) from the Hub datasets HELMET uses."""
-    import datasets
+def icl_mirror(base: str | None) -> dict | None:
+    """The ICL sources with every file fetched from base/<source>/<file name>, their pinned digests kept."""
+    from kvbench.data.icl_sources import SOURCES
 
-    for name, (path, config, text, label, test_split) in ICL_SOURCES.items():
-        data = datasets.load_dataset(path, config)
-        if test_split is None:  # NLU has one split; HELMET holds out 10% with its seed
-            data = data["train"].train_test_split(test_size=0.1, seed=seed)
-            test_split = "test"
+    if not base:
+        return None
+    return {source: {key: (f"{base.rstrip('/')}/{source}/{url.rsplit('/', 1)[-1]}", sha256)
+                     for key, (url, sha256) in entries.items()} for source, entries in SOURCES.items()}
+
+
+def fetch_icl(dest: Path, seed: int = 42, sources: dict | None = None, progress: bool = True) -> Path:
+    """Write icl/<name>/{train,test}.jsonl (fields text, label) under dest/data: the rows HELMET's Hub datasets
+    held, in their order, from the raw files their loading scripts read (checked against pinned SHA-256;
+    `sources` replaces kvbench.data.icl_sources.SOURCES, for mirrors). Files already downloaded are not
+    downloaded again, and a download cut short resumes."""
+    from kvbench.data import icl_sources
+
+    sources = sources or icl_sources.SOURCES
+    files = {}
+    for source, entries in sources.items():
+        files[source] = {}
+        for key, (url, sha256) in entries.items():
+            target = dest / "downloads" / "icl" / source / url.rsplit("/", 1)[-1]
+            files[source][key] = download(url, target, sha256, progress=progress)
+    for name, splits in icl_sources.icl_splits(files, seed).items():
         folder = dest / "data" / "icl" / name
         folder.mkdir(parents=True, exist_ok=True)
-        for split, out in (("train", "train"), (test_split, "test")):
-            with open(folder / f"{out}.jsonl", "w", encoding="utf-8") as f:
-                for row in data[split]:
-                    f.write(json.dumps({"text": row[text], "label": int(row[label])}) + "\n")
+        for split, rows in zip(("train", "test"), splits, strict=True):
+            lines = "".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows)
+            part = folder / f"{split}.jsonl.part"
+            part.write_text(lines, encoding="utf-8")
+            part.replace(folder / f"{split}.jsonl")
+    return dest / "data" / "icl"
