@@ -23,6 +23,10 @@ try:  # the `gpu` extra
 except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = None
 
+# PyTorch's fused CPU attention, which also returns each query's log-sum-exp (what merging two parts needs);
+# present since torch 2.2. Without it, chunks are attended in query blocks (_in_query_blocks).
+_flash_cpu = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
 
 def kvbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query [1, Hq, c, d] (post-RoPE); key/value are the step's own, already appended to the cache."""
@@ -74,7 +78,8 @@ def _refuse_unknown_arguments(module, dropout, kwargs) -> None:
 def _attend(query, group, scaling, sliding_window, cache):
     keys, values = group.keys, group.values
     new, held = query.shape[2], keys.shape[2]
-    window_mask = _sliding_window_mask(group.positions, cache.positions, sliding_window, query.shape[1])
+    window_mask = _sliding_window_mask(group.positions, cache.positions.to(query.device), sliding_window,
+                                       query.shape[1])
     if window_mask is None and cache.attn_kernel == "flash" and query.is_cuda and flash_attn_func is not None:
         # flash-attn's causal mask is bottom-right aligned when keys outnumber queries: what chunks need.
         out = flash_attn_func(
@@ -82,32 +87,45 @@ def _attend(query, group, scaling, sliding_window, cache):
         )
         return out.transpose(1, 2)
     gqa = query.shape[1] != keys.shape[1]
-    if window_mask is not None:
-        mask, is_causal = window_mask & _causal_mask(new, held, query.device), False
-    elif new == 1:
-        mask, is_causal = None, False  # a decode step sees every held entry
-    elif new == held:
-        mask, is_causal = None, True  # nothing held before this chunk: plain causal
-    else:
-        mask, is_causal = _step_mask(cache, new, held, query.dtype, query.device), False
-    return F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=gqa
-    )
+    if window_mask is not None:  # a sliding-window model whose window cuts into the held entries
+        mask = window_mask & _causal_mask(new, held, query.device)
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+    if new == 1 or new == held:  # a decode step sees every held entry; with nothing held, plain causal
+        return F.scaled_dot_product_attention(query, keys, values, is_causal=new > 1, scale=scaling, enable_gqa=gqa)
+    if query.device.type == "cpu" and _flash_cpu is not None:
+        return _past_then_own(query, keys, values, held - new, scaling)
+    return _in_query_blocks(query, keys, values, held - new, scaling, gqa)
+
+
+def _past_then_own(query, keys, values, past: int, scaling: float) -> torch.Tensor:
+    """A chunk's queries over the held past (all visible: no mask) and over the chunk's own entries (causal, a
+    square problem), in fused kernels, merged exactly by each part's log-sum-exp: nothing of size chunk x held is
+    built, so chunked prefill costs what one chunk does. GQA runs in the kernel, without copies."""
+    out_past, lse_past = _flash_cpu(query, keys[:, :, :past], values[:, :, :past], 0.0, False, scale=scaling)
+    out_own, lse_own = _flash_cpu(query, keys[:, :, past:], values[:, :, past:], 0.0, True, scale=scaling)
+    past_share = torch.sigmoid(lse_past - lse_own)[..., None]  # the past's part of each query's softmax mass
+    return torch.lerp(out_own.float(), out_past.float(), past_share).to(query.dtype)
+
+
+QUERY_BLOCK = 1024
+
+
+def _in_query_blocks(query, keys, values, past: int, scaling: float, gqa: bool) -> torch.Tensor:
+    """Where no kernel returns the log-sum-exp (CUDA without flash-attn): the chunk's queries in blocks, each with
+    its bottom-right causal mask over the keys it may see, so no mask grows past block x held."""
+    outputs = []
+    for start in range(0, query.shape[2], QUERY_BLOCK):
+        block = query[:, :, start : start + QUERY_BLOCK]
+        seen = past + start + block.shape[2]
+        mask = _causal_mask(block.shape[2], seen, query.device)
+        outputs.append(F.scaled_dot_product_attention(block, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask,
+                                                      scale=scaling, enable_gqa=gqa))
+    return torch.cat(outputs, dim=2)
 
 
 def _causal_mask(new: int, held: int, device) -> torch.Tensor:
     """[new, held] bool: all earlier held entries, and the step's own entries up to each query."""
     return torch.ones(new, held, dtype=torch.bool, device=device).tril(diagonal=held - new)
-
-
-def _step_mask(cache, new: int, held: int, dtype, device) -> torch.Tensor:
-    """The causal mask as an additive one (0 or -inf: a bool mask is converted on every sdpa call),
-    built once per step and shared by every layer and group holding as many entries."""
-    key = (new, held, dtype, device)
-    if key not in cache.step_masks:
-        mask = torch.zeros(new, held, dtype=dtype, device=device)
-        cache.step_masks[key] = mask.masked_fill_(~_causal_mask(new, held, device), float("-inf"))
-    return cache.step_masks[key]
 
 
 def _sliding_window_mask(key_positions, query_positions, window, query_heads):

@@ -47,7 +47,8 @@ class HeadGroup:
         return 0 if self._keys is None else self._keys.nbytes + self._values.nbytes
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
-        positions = positions.expand(len(self.heads), -1)
+        # On the layer's own device, with its keys (a model split across GPUs keeps each layer's cache there).
+        positions = positions.to(keys.device).expand(len(self.heads), -1)
         if self._keys is None:
             # Own copies, so that the group never keeps the whole layer's projection alive.
             self._keys, self._values = make_store(keys, self.kv_bits), make_store(values, self.kv_bits)
@@ -115,8 +116,6 @@ class KVCache(Cache):
         self.phase = Phase(is_decode=False)
         self.positions: torch.Tensor | None = None  # of the step being run, [c + scoring]
         self.scoring = 0  # the step's last tokens that only score (patched schedule), dropped after
-        # Scratch for the attention function: masks built once per step, shared by the layers.
-        self.step_masks: dict = {}
 
     def begin_step(self, phase: Phase, positions: torch.Tensor, scoring: int = 0) -> None:
         """Called by the engine before each forward: what the step is and its tokens' true positions.
@@ -127,7 +126,6 @@ class KVCache(Cache):
         self.phase = phase
         self.positions = positions
         self.scoring = scoring
-        self.step_masks.clear()
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """Append the step's K,V [1, kv_heads, c, d] to each head group; return them unchanged.
