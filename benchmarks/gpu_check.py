@@ -12,6 +12,9 @@ Measured per prompt length, in one process, one case after another on the same m
     bash benchmarks/gpu_check.sh                        # the real check (CUDA, no network)
     KVBENCH_GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh   # a tiny config, runs anywhere in seconds
 
+With 2 or more GPUs visible it first runs benchmarks/gpu_parallel.py's cases (data-parallel lm-eval over 2
+processes, a model split with parallelize=True); with fewer, it records them as skipped and says why.
+
 Writes a JSON (--json) and prints a table. Cases that would start after --budget-s are skipped and
 recorded as such, so the script stays inside its time box on a slower GPU.
 """
@@ -28,6 +31,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import gpu_parallel  # beside this script
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
@@ -168,6 +172,10 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.tiny and device.type != "cuda":
         parser.error("the full-size check needs a CUDA GPU; use --tiny (or KVBENCH_GPU_CHECK_TINY=1) elsewhere")
+    # First the multi-GPU cases (a small model, a minute or two; skipped at once below 2 GPUs): the one-GPU cases
+    # then run in what is left of the budget.
+    multi_gpu = gpu_parallel.run()
+    print(json.dumps({"multi_gpu": multi_gpu}), flush=True)
     clock = Clock(device)
     model = build_model(args.tiny, args.attn, device)
     weights = clock.allocated()
@@ -250,6 +258,7 @@ def main(argv=None) -> dict:
         "decode_steps": args.decode,
         "weights_bytes": weights,
         "wall_s": round(time.perf_counter() - began, 1),
+        "multi_gpu": multi_gpu,
         "rows": rows,
     }
     Path(args.json).write_text(json.dumps(report, indent=1))
@@ -273,6 +282,8 @@ def print_table(report: dict) -> None:
         print(f"{r['tokens']:>7} {r['case']:<16} {fmt(r['prefill_tok_s']):>13} {fmt(r.get('prefill_vs_hf'), 1, 3):>6} "
               f"{fmt(r['decode_tok_s'], 1, 2):>12} {fmt(r['kv_peak_bytes'], gib, 3):>11} "
               f"{fmt(r['peak_allocated'], gib, 2):>12} {fmt(r['measured_vs_expected'], 1, 3):>8}")
+    multi = report["multi_gpu"]
+    print(f"multi-GPU: skipped: {multi['skipped']}" if "skipped" in multi else f"multi-GPU: {json.dumps(multi)}")
 
 
 if __name__ == "__main__":

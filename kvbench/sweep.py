@@ -246,13 +246,15 @@ class CellRunner:
                                        metadata=cell.task_metadata(), limit=cell.limit, log_samples=False)
 
 
-def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path:
+def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:
     from lm_eval.utils import handle_non_serializable
 
     folder = cell.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / "config.json", json.dumps(cell.as_dict(), indent=1, sort_keys=True))
     results = runner.evaluate(cell)
+    if results is None:  # a data-parallel process other than rank 0: lm-eval hands the results to rank 0 alone
+        return None
     results["config"]["kvbench_sweep"] = {**cell.as_dict(), "key": cell.key}
     path = folder / "results.json"
     write_atomically(path, json.dumps(results, indent=1, default=handle_non_serializable))

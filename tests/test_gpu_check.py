@@ -86,3 +86,7 @@ def test_eviction_shows_in_the_ledger(report):
 
 def test_cpu_has_no_gpu_memory_figures(report):
     assert all(r["peak_allocated"] is None and r["measured_vs_expected"] is None for r in report["rows"])
+
+
+def test_the_multi_gpu_cases_say_why_they_were_skipped(report):
+    assert report["multi_gpu"] == {"skipped": "the multi-GPU checks need 2 visible GPUs; 0 visible"}

@@ -32,7 +32,8 @@ from kvbench.tiny import resolve_pretrained
 # A child of lm-eval's logger, so our lines show with lm-eval's own, in its format and at its verbosity.
 log = logging.getLogger("lm_eval.models.kvbench")
 
-BACKEND_ARGS = ("pretrained", "method", "chunk_size", "dtype", "device", "attn", "max_length", "trust_remote_code")
+BACKEND_ARGS = ("pretrained", "method", "chunk_size", "dtype", "device", "attn", "max_length", "trust_remote_code",
+                "parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory")
 DEFAULT_MAX_LENGTH = 2048  # as lm-eval's hf backend, when neither config nor tokenizer gives one
 
 
@@ -64,6 +65,10 @@ class KVBenchLM(TemplateLM):
         attn: str = "sdpa",
         max_length: int | None = None,
         trust_remote_code: bool = False,
+        parallelize: bool = False,
+        device_map: str | dict | None = None,
+        max_memory_per_gpu: int | str | None = None,
+        max_cpu_memory: int | str | None = None,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
         **method_params,
@@ -82,16 +87,69 @@ class KVBenchLM(TemplateLM):
                 "inflate the KV cache and the footprint it reports"
             )
         self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
-        self._device = _pick_device(device)
+        self._device = self._data_parallel(_pick_device(device))
         path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        placement = _model_parallel(_bool(parallelize, "parallelize"), device_map, max_memory_per_gpu, max_cpu_memory)
         self._model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
-        ).to(self._device).eval()
+            path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **placement
+        ).eval()
+        if not placement:
+            self._model.to(self._device)
+        else:  # the layers stay where the device map put them; requests start on the embeddings' device
+            self._device = self._model.device
         self._max_length = int(max_length) if max_length else None
         self.chat_template_args: dict = {}
         self.tally = FootprintTally()
         self._pending_stats: list = []  # per-request stats of a loglikelihood call, in request order
+
+    def _data_parallel(self, device: torch.device) -> torch.device:
+        """Under `accelerate launch` or `torchrun`, each process takes its share of the requests, as lm-eval's hf
+        backend does: rank and world size for lm-eval's split, this process's device for its model copy. Without
+        CUDA (or with device=cpu) the processes talk over gloo."""
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=device.type == "cpu")
+        if accelerator.num_processes == 1:
+            self._rank, self._world_size = 0, 1
+            return device
+        self.accelerator = accelerator
+        # The global index: on several machines, local indices would repeat and the same requests run twice.
+        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        return accelerator.device
+
+    def all_gather(self, tensor):
+        return tensor if self.world_size == 1 else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    def _gather_tallies(self) -> None:
+        """After each request type (every process runs it, in step): the tallies go to rank 0, whose results file
+        then holds every process's requests, as a single process would."""
+        if self.world_size > 1:
+            parts = self.gather_object(self.tally.export())
+            if self.rank == 0:
+                for part in parts:
+                    self.tally.absorb(part)
+
+    def _tallied(self, requests) -> list[bool]:
+        """Whether each request counts in the tallies. With several processes, lm-eval pads a process's requests
+        with copies of its last one, so that all run as many: those copies ran, but count once."""
+        seen: dict[int, int] = {}
+        counted = []
+        for request in requests:
+            seen[id(request)] = seen.get(id(request), 0) + 1
+            counted.append(seen[id(request)] <= (getattr(request, "repeats", None) or 1))
+        return counted
 
     # ---- what lm-eval's TemplateLM needs ----
 
@@ -145,8 +203,10 @@ class KVBenchLM(TemplateLM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         self._pending_stats = []  # _loglikelihood_tokens fills it in request order
         results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        for request, stats in zip(requests, self._pending_stats, strict=True):
-            self.tally.add(request.task_name, stats)
+        for request, stats, counted in zip(requests, self._pending_stats, self._tallied(requests), strict=True):
+            if counted:
+                self.tally.add(request.task_name, stats)
+        self._gather_tallies()
         return results
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
@@ -176,7 +236,8 @@ class KVBenchLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         results = []
-        for request in tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"):
+        for request, counted in zip(tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"),
+                                    self._tallied(requests)):
             (text,) = request.args
             windows = get_rolling_token_windows(
                 token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
@@ -184,14 +245,17 @@ class KVBenchLM(TemplateLM):
             )
             scorings = [self._score(*make_disjoint_window(window)) for window in windows]
             results.append(sum(s.logprob for s in scorings))
-            self.tally.add(request.task_name, *[s.stats for s in scorings])  # one request, however many windows
+            if counted:  # one request, however many windows
+                self.tally.add(request.task_name, *[s.stats for s in scorings])
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), results[-1])
+        self._gather_tallies()
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         results = []
         eos = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
-        for request in tqdm(requests, disable=disable_tqdm, desc="kvbench generate_until"):
+        for request, counted in zip(tqdm(requests, disable=disable_tqdm, desc="kvbench generate_until"),
+                                    self._tallied(requests)):
             context, gen_kwargs = request.args
             options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = [s for s in handle_stop_sequences(options.pop("until", None), eos=eos) if s]
@@ -214,9 +278,11 @@ class KVBenchLM(TemplateLM):
                 max_new_tokens=max_gen_toks, stop=until, attn=self.attn, stop_token_ids=stop_tokens,
             )
             answer = KVText(generation.text, generation.stats.as_dict())
-            self.tally.add(request.task_name, generation.stats)
+            if counted:
+                self.tally.add(request.task_name, generation.stats)
             results.append(answer)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), str(answer))
+        self._gather_tallies()
         return results
 
     @functools.cached_property
@@ -280,6 +346,7 @@ class KVBenchLM(TemplateLM):
             "model": self.pretrained,
             "model_dtype": str(self._model.dtype),
             "device": str(self._device),
+            "processes": self.world_size,
             "max_length": self.max_length,
             "versions": {"kvbench": kvbench.__version__, "transformers": transformers.__version__,
                          "torch": torch.__version__},
@@ -306,6 +373,31 @@ def _load_method(name: str, params: dict):
                 message += f"; method {name!r} takes: {describe_parameters(cls) or 'no parameters'}"
             message += f" (backend arguments: {', '.join(BACKEND_ARGS)})"
         raise ValueError(f"--model_args: {message}") from None
+
+
+def _model_parallel(parallelize: bool, device_map, max_memory_per_gpu, max_cpu_memory) -> dict:
+    """from_pretrained's placement arguments for one model split across devices (lm-eval's hf backend's names):
+    `parallelize=True` spreads the layers over the visible GPUs (device_map "auto", at most `max_memory_per_gpu`
+    each); `device_map=` places them as given. Each layer's KV cache then lives on its layer's device."""
+    if not parallelize and device_map is None:
+        return {}
+    placement = {"device_map": device_map or "auto"}
+    if max_memory_per_gpu is not None or max_cpu_memory is not None:
+        memory = {i: max_memory_per_gpu for i in range(torch.cuda.device_count())} if max_memory_per_gpu else {}
+        if max_cpu_memory is not None:
+            memory["cpu"] = max_cpu_memory
+        placement["max_memory"] = memory
+    return placement
+
+
+def _bool(value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no", "none"):
+        return False
+    raise ValueError(f"{name} must be true or false; got {value!r}")
 
 
 def _pick_device(device: str | None) -> torch.device:

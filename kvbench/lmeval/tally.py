@@ -24,6 +24,18 @@ class FootprintTally:
             "tokens": sum(s.tokens for s in stats),
         })
 
+    def export(self) -> dict:
+        """This process's requests and engine time, handed over (to rank 0's tally) and cleared here."""
+        part = {"per_task": dict(self.per_task), "seconds": self.seconds}
+        self.per_task, self.seconds = defaultdict(list), 0.0
+        return part
+
+    def absorb(self, part: dict) -> None:
+        """Another process's export: its requests join this tally, its engine time adds up."""
+        for task, rows in part["per_task"].items():
+            self.per_task[task].extend(rows)
+        self.seconds += part["seconds"]
+
     def summary(self) -> dict:
         tasks = {}
         for task, rows in sorted(self.per_task.items()):
