@@ -300,7 +300,7 @@ def _export_arguments(parser, default_help: str, required: bool = False) -> None
 def _train_settings(args):
     from pathlib import Path
 
-    from kvbench.prulong.common import TrainSettings
+    from kvbench.training.common import TrainSettings
 
     return TrainSettings(
         model=args.model, out=Path(args.out), data=args.data, tasks=tuple(args.tasks), answers=args.answers,
@@ -312,7 +312,7 @@ def _train_settings(args):
 
 
 def _prulong_train(args) -> int:
-    from kvbench.prulong.train import PruLongTrainer
+    from kvbench.training.train import PruLongTrainer
 
     trainer = PruLongTrainer(_train_settings(args), target_sparsity=args.target_sparsity,
                              warmup_fraction=args.warmup_fraction, lambda_lr=args.lambda_lr,
@@ -326,7 +326,7 @@ def _prulong_train(args) -> int:
 
 def _prulong_export(args) -> int:
     from kvbench.methods.head_pattern import read_pattern
-    from kvbench.prulong import patterns
+    from kvbench.training import patterns
 
     pattern = patterns.binary_pattern(read_pattern(args.scores), args.export_sparsity, args.min_full_per_layer)
     print(f"{int((pattern == 0).sum())} of {pattern.numel()} heads streaming; written to "
@@ -335,7 +335,7 @@ def _prulong_export(args) -> int:
 
 
 def _duo_train(args) -> int:
-    from kvbench.prulong.duo import DuoTrainer
+    from kvbench.training.duo import DuoTrainer
 
     result = DuoTrainer(_train_settings(args), reg=args.reg).train()
     if result:

@@ -17,7 +17,7 @@ from kvbench import load_method, tiny
 from kvbench.methods.head_pattern import read_pattern, streaming_heads
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
-from kvbench.prulong.patterns import write_table
+from kvbench.training.patterns import write_table
 from kvbench.tiny import evaluate
 
 LENGTH = 1024  # the context the thresholds are asserted at (the model card reports longer ones too)

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from kvbench.method import ModelShape
-from kvbench.prulong import data, patterns
-from kvbench.prulong.common import Trainer, TrainSettings, final_hidden
-from kvbench.prulong.gates import HardConcreteGates
-from kvbench.prulong.lagrangian import SparsityLagrangian, check_target, target_sparsity
+from kvbench.training import data, patterns
+from kvbench.training.common import Trainer, TrainSettings, final_hidden
+from kvbench.training.gates import HardConcreteGates
+from kvbench.training.lagrangian import SparsityLagrangian, check_target, target_sparsity
 
 
 class GatedModel(nn.Module):

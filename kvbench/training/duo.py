@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from kvbench.method import ModelShape
-from kvbench.prulong import patterns
-from kvbench.prulong.common import Trainer, TrainSettings, final_hidden
+from kvbench.training import patterns
+from kvbench.training.common import Trainer, TrainSettings, final_hidden
 
 
 class DuoGates(nn.Module):

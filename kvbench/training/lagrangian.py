@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kvbench.prulong.patterns import check_sparsity
+from kvbench.training.patterns import check_sparsity
 
 
 class SparsityLagrangian(nn.Module):

@@ -11,8 +11,8 @@ from torch import nn
 
 from kvbench.method import ModelShape
 from kvbench.methods.streamingllm import check_sink_and_window
-from kvbench.prulong import data
-from kvbench.prulong.mixing import MIXED_ATTENTION, Mix, mixing
+from kvbench.training import data
+from kvbench.training.mixing import MIXED_ATTENTION, Mix, mixing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,4 +1,4 @@
-"""Head-pattern training (kvbench.prulong): the hard-concrete gates, the min-max constraint, mixed attention,
+"""Head-pattern training (kvbench.training): the hard-concrete gates, the min-max constraint, mixed attention,
 the data, the exports and their errors, and short trainings on tiny models.
 
 What the shipped kvbench-tiny patterns do to the model's answers is in tests/test_tiny.py.
@@ -22,13 +22,13 @@ from transformers import BloomConfig, BloomForCausalLM
 from kvbench.engine import score_continuation
 from kvbench.methods.head_pattern import read_pattern
 from kvbench.methods.streamingllm import StreamingLLM
-from kvbench.prulong import data, patterns
-from kvbench.prulong.common import TrainSettings
-from kvbench.prulong.duo import DuoTrainer
-from kvbench.prulong.gates import HardConcreteGates
-from kvbench.prulong.lagrangian import SparsityLagrangian, target_sparsity
-from kvbench.prulong.mixing import Mix, mixing, streaming_attention
-from kvbench.prulong.train import PruLongTrainer
+from kvbench.training import data, patterns
+from kvbench.training.common import TrainSettings
+from kvbench.training.duo import DuoTrainer
+from kvbench.training.gates import HardConcreteGates
+from kvbench.training.lagrangian import SparsityLagrangian, target_sparsity
+from kvbench.training.mixing import Mix, mixing, streaming_attention
+from kvbench.training.train import PruLongTrainer
 
 # --- the hard-concrete sampler -------------------------------------------------------------------------------
 
