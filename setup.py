@@ -1,7 +1,8 @@
 """Build bits pyproject.toml cannot express; everything else is declared there.
 
-- Packages: every `kvbench*` package, plus the repository's top-level `tasks/` (lm-eval task YAMLs)
-  installed as `kvbench.tasks` (pyproject's packages.find cannot map a folder to another name).
+- Packages: every `kvbench*` folder, data-only ones included (namespace packages: the tiny model's weights,
+  its patterns, the prose haystack), plus the repository's top-level `tasks/` (lm-eval task YAMLs) installed
+  as `kvbench.tasks` (pyproject's packages.find cannot map a folder to another name).
 - `build_py` adds to the wheel, beside the `kvbench` package, `kvbench_lmeval_hook.py` (a copy of
   kvbench/lmeval/hook.py) and `kvbench_lmeval_hook.pth`, whose one line imports it at interpreter
   start, so a plain `lm_eval` command sees `--model kvbench` (lm-eval 0.4.13 reads no other
@@ -12,7 +13,7 @@
 import shutil
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
@@ -28,7 +29,7 @@ class BuildPy(build_py):
 
 
 setup(
-    packages=find_packages(include=["kvbench*"])
+    packages=find_namespace_packages(include=["kvbench", "kvbench.*"], exclude=["*.__pycache__"])
     + ["kvbench.tasks"]
     + ["kvbench.tasks." + name for name in find_packages("tasks")],
     cmdclass={"build_py": BuildPy},

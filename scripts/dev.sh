@@ -5,15 +5,20 @@
 # and the example plugin from plugins/ (its tests and `kvbench check` on it are part of the suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+say() { echo "kvbench set-up: $*" >&2; }
 if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
     python3 -m venv .venv
 fi
 PY=.venv/bin/python
 if ! "$PY" -c "import torch" 2>/dev/null; then
+    say "installing the CPU build of torch first (a plain torch requirement would pull a CUDA build)"
     "$PY" -m pip install -q --upgrade pip
     "$PY" -m pip install -q torch==2.13.0
 fi
+say "installing kvbench, its test extra and the example plugin into .venv (a minute or two the first time)"
 "$PY" -m pip install -q ".[test]" ./plugins/kvbench-tova
+say "done; to use the kvbench and lm_eval commands yourself: source .venv/bin/activate"
 case "${1:-test}" in
     test) shift || true; exec "$PY" -m pytest "$@" ;;
     demo) shift || true; exec .venv/bin/kvbench demo "$@" ;;
