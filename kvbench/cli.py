@@ -136,9 +136,11 @@ def _leaderboard(args) -> int:
         warnings.simplefilter("always", scoring.ResultFileWarning)
         warnings.showwarning = lambda message, *_: print(f"kvbench: warning: {message}", file=sys.stderr)
         runs = scoring.load_runs(args.results, scoring.parse_categories(args.category))
-    if not runs:
-        raise ValueError("no usable result files among " + " ".join(args.results))
-    boards = scoring.score_runs(runs, args.threshold)
+        if not runs:
+            raise ValueError("no usable result files among " + " ".join(args.results))
+        boards = scoring.score_runs(runs, args.threshold)
+    if not any(board.categories for board in boards):
+        raise ValueError("nothing to score: every category was left out (see the warnings above)")
     text = leaderboard.render(boards, args.format, args.threshold, reported=args.reported)
     if args.out:
         Path(args.out).write_text(text)
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["eval"]:
         try:
             return _eval(argv[1:])
-        except ValueError as error:
+        except (ValueError, OSError) as error:
             print(f"kvbench: error: {error}", file=sys.stderr)
             return 2
     parser = build_parser()

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BASELINE = "full"
+# What guessing scores on kvbench's tasks where it is above 0 (ICL: one label in n); a baseline no better than
+# this is refused. Other tasks: 0 (a baseline of 0 is refused everywhere).
+CHANCE = {"kvbench_icl_trec_coarse": 1 / 6, "kvbench_icl_trec_fine": 1 / 50, "kvbench_icl_banking77": 1 / 77,
+          "kvbench_icl_clinc150": 1 / 151, "kvbench_icl_nlu": 1 / 68, "kvbench_synth_icl": 1 / 6}
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_CONTEXT_LENGTH = 131072  # what kvbench tasks use when --metadata gives none
 # Keys of an lm-eval task result that are not scores.
@@ -322,6 +326,12 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Gr
                           "not counted")
                 points[key] = _point(labels[key], params_of[key], [per_task[t] for t in tasks], where)
             baseline = points.pop(base).score
+            chance = sum(CHANCE.get(task, 0.0) for task in tasks) / len(tasks)
+            if baseline <= chance:
+                _warn(f"{where}: full attention scores {baseline:.3g}, no better than chance ({chance:.3g}): the model "
+                      "cannot do these tasks, so no footprint can keep its score; category left out (is this the "
+                      "model and data you meant?)")
+                continue
             target = threshold * baseline
             others = sorted(points.values(), key=lambda p: (p.method, p.footprint))
             curves = defaultdict(list)

@@ -298,3 +298,37 @@ def test_bundled_tiny_model_loads_by_name():
     lm = KVBenchLM(pretrained="kvbench-tiny", method="streamingllm", window="64")
     assert lm.model.config.num_key_value_heads < lm.model.config.num_attention_heads  # the bundled GQA Llama
     assert lm.model.config.vocab_size == len(lm.tokenizer) and (MODEL_DIR / "tokenizer.json").is_file()
+
+
+# ---- a newcomer's mistakes: one line saying what is wrong and what to do, under lm_eval and kvbench eval ----
+
+MISTAKES = [
+    ("pretrained=/no/such/model", "pretrained=/no/such/model: no such folder; point pretrained= at a checkpoint"),
+    ("pretrained=kvbench-tiy", "pretrained=kvbench-tiy: no such model; did you mean kvbench-tiny (the bundled model)?"),
+    ("pretrained=kvbench-tiny,method=streamingllm,window=-5", "window must be an integer >= 1; got -5;"),
+    ("pretrained=kvbench-tiny,method=nosuch", "unknown method 'nosuch'; known methods: duoattention, full"),
+]
+
+
+@pytest.mark.parametrize("command, model_args, message",
+                         [("lm_eval", *mistake) for mistake in MISTAKES] + [("kvbench eval", *MISTAKES[0]),
+                                                                            ("kvbench eval", *MISTAKES[2])],
+                         ids=["path", "misspelt", "range", "method", "eval-path", "eval-range"])
+def test_mistakes_are_one_line_errors(command, model_args, message, tmp_path):
+    args = [str(BIN / command.split()[0]), *command.split()[1:], "--model", "kvbench", "--model_args", model_args,
+            "--tasks", "kvbench_synth_recall", "--metadata", json.dumps({"context_length": 1024, "num_samples": 1})]
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("kvbench: error:")]
+    assert message in line
+    assert "Traceback" not in done.stderr
+
+
+def test_a_plain_run_says_nothing_spurious(checkpoint, tmp_path):
+    """No warning about a CUDA device nobody asked for, no git "fatal:" line outside a git checkout."""
+    args = [str(BIN / "lm_eval"), "--model", "kvbench", "--model_args", f"pretrained={checkpoint}", "--tasks", GEN,
+            "--include_path", str(TASKS), "--limit", "1"]
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fatal:" not in done.stderr
+    assert not [line for line in done.stderr.splitlines() if "WARNING" in line and "CUDA" in line]

@@ -256,3 +256,24 @@ def test_plain_lm_eval_runs_without_a_record_take_the_one_varying_parameter_as_t
                     {"a": ("recall", score, budget / 1000)})
     [board] = score_runs(load_runs([folder]))
     assert set(board.categories["recall"].critical) == {"snapkv"}
+
+
+def test_a_baseline_at_zero_or_at_chance_is_refused_not_scored(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    # recall: full scores 0 (a random-weight model); icl: full at 0.15, below the 1/6 of guessing one label in six
+    for task, category, score in (("kvbench_synth_recall", "recall", 0.0), ("kvbench_synth_icl", "icl", 0.15)):
+        sweep_cell(out, "full", {}, task, category, score, 1.0)
+        for window, footprint in ((16, 0.28), (64, 0.5)):
+            sweep_cell(out, "streamingllm", {"sink": 4, "window": window}, task, category, 0.0, footprint, "window")
+    with pytest.warns(ResultFileWarning) as caught:
+        [board] = score_runs(load_runs([out]))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "full attention scores 0, no better than chance (0)" in messages
+    assert "full attention scores 0.15, no better than chance (0.167)" in messages
+    assert board.categories == {}
+
+    from kvbench.cli import main
+
+    assert main(["leaderboard", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to score" in err and "no better than chance" in err  # no "<28%" row, ever

@@ -89,11 +89,16 @@ class KVBenchLM(TemplateLM):
         self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
         self._device = self._data_parallel(_pick_device(device))
         path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         placement = _model_parallel(_bool(parallelize, "parallelize"), device_map, max_memory_per_gpu, max_cpu_memory)
-        self._model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **placement
-        ).eval()
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self._model = transformers.AutoModelForCausalLM.from_pretrained(
+                path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **placement
+            ).eval()
+        except OSError as error:  # transformers' "not a local folder, and not on the Hub" (after its retries)
+            reason = str(error).strip().splitlines()[0]
+            raise ValueError(f"pretrained={pretrained}: cannot load it ({reason}); point pretrained= at a local "
+                             "checkpoint folder, or check the hub name and your connection") from None
         if not placement:
             self._model.to(self._device)
         else:  # the layers stay where the device map put them; requests start on the embeddings' device
@@ -362,7 +367,10 @@ class KVBenchLM(TemplateLM):
 def _load_method(name: str, params: dict):
     """lm-eval has already turned "512" into 512 and "0.5" into 0.5; give the method back the strings so
     that kvbench's own conversion checks each parameter against its declared type."""
-    as_given = {key: value if value is None else str(value) for key, value in params.items()}
+    # An integral float goes back as an integer ("-5", not "-5.0"): lm-eval parses "-5" as a float, and the
+    # method's own check should then say what is wrong with -5 (its range), not that it is no integer.
+    as_given = {key: value if value is None else str(int(value) if isinstance(value, float) and value.is_integer()
+                                                     else value) for key, value in params.items()}
     try:
         return load_method(name, **as_given)
     except ValueError as error:
@@ -402,8 +410,8 @@ def _bool(value, name: str) -> bool:
 
 def _pick_device(device: str | None) -> torch.device:
     if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-        if device is not None:
-            log.warning(f"device {device!r} requested but CUDA is not available; using the CPU")
+        if device is not None:  # lm-eval passes "cuda" unless told otherwise: no news on a CPU machine
+            log.info(f"device {device!r}: CUDA is not available here; using the CPU")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

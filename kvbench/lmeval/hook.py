@@ -14,6 +14,8 @@ watches two lm-eval modules and, right after lm-eval has executed them:
 - `lm_eval.api.group`: a group whose metadata says `aggregate: children` averages its direct
   children (the `kvbench` group: the mean of its four categories, as HELMET reports it), where
   lm-eval 0.4.13 averages every leaf task of the tree. Other groups are untouched.
+- `lm_eval._cli.harness`: kvbench's own errors print as one line (KVBENCH_DEBUG=1: the traceback).
+- `lm_eval.loggers.utils`: lm-eval's `git describe` runs without printing git's "fatal:" line.
 
 The finder loads nothing itself; it wraps the loader another finder returns.
 """
@@ -114,8 +116,67 @@ def patch_group_aggregation(group_module) -> None:
     cls.aggregate = aggregate
 
 
+def _raised_by_kvbench(error: BaseException) -> bool:
+    """Whether the error comes from kvbench's own checks (its message says what to do), not from somewhere deeper."""
+    import os
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"{os.sep}kvbench{os.sep}" in frames[-1].filename
+
+
+def patch_cli(harness_module) -> None:
+    """Plain `lm_eval`: kvbench's own errors (a bad model path, parameter, task setting) print as one line saying
+    what to do, instead of the end of a long traceback; KVBENCH_DEBUG=1 shows the traceback."""
+    import functools
+    import os
+
+    cls = getattr(harness_module, "HarnessCLI", None)
+    if cls is None or getattr(cls.execute, "_kvbench_errors", False):
+        return
+    original = cls.execute
+
+    @functools.wraps(original)
+    def execute(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except (ValueError, OSError) as error:
+            if os.environ.get("KVBENCH_DEBUG") or not _raised_by_kvbench(error):
+                raise
+            print(f"kvbench: error: {error}\n(KVBENCH_DEBUG=1 shows the traceback)", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    execute._kvbench_errors = True
+    cls.execute = execute
+
+
+def quiet_git(logger_utils) -> None:
+    """lm-eval asks `git describe` for a commit hash in every run; outside a git checkout git prints
+    "fatal: not a git repository" to the terminal. Ask it quietly (the fallback lm-eval has is kept)."""
+    import os
+    import subprocess
+
+    original = getattr(logger_utils, "get_git_commit_hash", None)
+    if original is None or not hasattr(logger_utils, "get_commit_from_path") or getattr(original, "_kvbench_quiet",
+                                                                                          False):
+        return
+
+    def get_git_commit_hash():
+        try:
+            return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+        except (subprocess.CalledProcessError, FileNotFoundError):  # no git, or not a checkout: lm-eval's fallback
+            return logger_utils.get_commit_from_path(os.getcwd())
+
+    get_git_commit_hash._kvbench_quiet = True
+    logger_utils.get_git_commit_hash = get_git_commit_hash
+    evaluator = sys.modules.get("lm_eval.evaluator")  # already bound the original, when lm-eval came first
+    if evaluator is not None and getattr(evaluator, "get_git_commit_hash", None) is original:
+        evaluator.get_git_commit_hash = get_git_commit_hash
+
+
 WATCHED = {"lm_eval.models": register_model, "lm_eval.tasks.manager": patch_task_manager,
-           "lm_eval.api.group": patch_group_aggregation}
+           "lm_eval.api.group": patch_group_aggregation, "lm_eval._cli.harness": patch_cli,
+           "lm_eval.loggers.utils": quiet_git}
 
 
 class _WrappedLoader:
