@@ -55,20 +55,39 @@ def _wide(table: list[dict]) -> tuple[list[str], dict]:
     grid: dict = {}
     for r in table:
         group = (r["source"], r["model"], r["context_length"], r["chunk_size"])
-        grid.setdefault(group, {}).setdefault(r["method"], {})[r["category"]] = r["critical"]
+        grid.setdefault(group, {}).setdefault(r["method"], {})[r["category"]] = r
     return categories, grid
+
+
+def _peaks(row: dict | None) -> str:
+    """The peak memory at the critical footprint: entries held (% of the tokens) and physical bytes."""
+    if row is None or row["peak_at_critical"] is None:
+        return "—"
+    return f"{100 * row['peak_at_critical']:.0f}% / {_bytes(row['peak_bytes_at_critical'])}"
+
+
+def _bytes(count: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
 
 
 def to_markdown(table: list[dict], threshold: float) -> str:
     categories, grid = _wide(table)
     lines = [f"Critical KV footprint: the smallest KV footprint (% of full attention's) keeping "
-             f"{threshold:g} x full attention's score; `>` never reached, `<` the smallest run passed.", ""]
+             f"{threshold:g} x full attention's score; `>` never reached, `<` the smallest run passed. "
+             "Then the peak at that footprint: entries held at once (% of the tokens) / physical KV bytes.", ""]
     for (source, model, context_length, chunk_size), methods in grid.items():
+        peaks = source == "measured"
+        header = categories + ([f"{c} peak" for c in categories] if peaks else [])
         lines += [f"### {model}, context {context_length}, chunk {chunk_size} ({source})", "",
-                  "| method | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
+                  "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for method, cells in methods.items():
             name = f"{method} (reported)" if source != "measured" else method
-            lines.append(f"| {_md(name)} | " + " | ".join(cells.get(c, "—") for c in categories) + " |")
+            values = [cells[c]["critical"] if c in cells else "—" for c in categories]
+            values += [_peaks(cells.get(c)) for c in categories] if peaks else []
+            lines.append(f"| {_md(name)} | " + " | ".join(values) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -93,8 +112,17 @@ def to_json(table: list[dict], boards: list[GroupBoard], threshold: float) -> st
     return json.dumps({"threshold": threshold, "critical": table, "runs": runs}, indent=1, default=str)
 
 
-def plot(boards: list[GroupBoard], path_or_buffer, threshold: float) -> None:
-    """Score against footprint per category (one panel each), one line per method, the threshold dashed."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def figure(boards: list[GroupBoard], threshold: float):
+    """Score against footprint per category (one panel each), one line per method, the threshold dashed.
+
+    Every method keeps one style across the panels: its own marker and line style (and colour), hollow markers
+    shrinking down the legend, so that methods whose curves coincide (two head patterns learned alike) still show
+    both. The legend sits below the panels, off the data; the threshold line is labelled with its own value.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers or in tests
@@ -103,19 +131,35 @@ def plot(boards: list[GroupBoard], path_or_buffer, threshold: float) -> None:
     panels = [(b, cb) for b in boards for cb in b.categories.values()]
     if not panels:
         raise ValueError("nothing to plot: no scored runs")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    methods = sorted({p.method for _, cb in panels for p in cb.points})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {m: dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                      color=colours[i % len(colours)], markersize=9 - 4 * i / max(len(methods) - 1, 1),
+                      markerfacecolor="none", markeredgewidth=1.5)
+              for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
     for ax, (board, cb) in zip(axes[0], panels, strict=True):
-        curves: dict = {}
-        for p in cb.points:
-            curves.setdefault(p.method, []).append(p)
-        for method, points in curves.items():
-            points.sort(key=lambda p: p.footprint)
-            ax.plot([100 * p.footprint for p in points], [p.score for p in points], marker="o", label=method)
-        ax.axhline(cb.target, color="grey", linestyle="--", label=f"{threshold:g} x full ({cb.baseline:.3g})")
+        for method in methods:
+            points = sorted((p for p in cb.points if p.method == method), key=lambda p: p.footprint)
+            if points:
+                ax.plot([100 * p.footprint for p in points], [p.score for p in points], label=method,
+                        **styles[method])
+        ax.axhline(cb.target, color="grey", linestyle=(0, (5, 5)), linewidth=1,
+                   label=f"{threshold:g} x full = {cb.target:.3g}")
+        ax.annotate(f"{threshold:g} x full = {cb.target:.3g}", (1, cb.target), xycoords=("axes fraction", "data"),
+                    ha="right", va="bottom", fontsize="x-small", color="grey")
         ax.set(title=f"{cb.category} — {board.model.rsplit('/', 1)[-1]}, chunk {board.chunk_size}",
                xlabel="KV footprint (% of full)", ylabel="score")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], label=m, **styles[m]) for m in methods]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 4), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(methods) - 1) // 4), 1, 1))
+    return fig
+
+
+def plot(boards: list[GroupBoard], path_or_buffer, threshold: float) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(boards, threshold)
     fig.savefig(path_or_buffer, format="png", dpi=90)
     plt.close(fig)
 

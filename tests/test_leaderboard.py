@@ -6,6 +6,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from test_scoring import result_file, write_curve
 
 from kvbench import leaderboard
@@ -62,3 +64,22 @@ def test_cli_missing_baseline_is_a_clear_error(tmp_path, capsys):
     folder = write_curve(tmp_path, "lonely", 32, with_full=False)
     assert main(["leaderboard", str(folder)]) == 2
     assert "no baseline: group model=lonely, context_length=1024, chunk_size=32" in capsys.readouterr().err
+
+
+def test_every_method_is_drawn_in_its_own_style_and_the_threshold_carries_its_value(tmp_path):
+    folder = write_curve(tmp_path)
+    for keep in (0.2, 0.5, 0.8):  # a second curve on exactly the first one's points: both must stay visible
+        result_file(folder / f"results_twin{keep}.json", "twin", {"keep": keep}, {"a": ("recall", 0.5, keep),
+                                                                                  "b": ("recall", 0.3, keep)})
+    fig = leaderboard.figure(score_runs(load_runs([folder])), 0.9)
+    [ax] = fig.axes
+    curves = [line for line in ax.get_lines() if line.get_label() in ("snapkv", "twin")]
+    styles = {(line.get_marker(), line.get_linestyle(), line.get_color(), line.get_markersize()) for line in curves}
+    assert len(curves) == 2 and len(styles) == 2
+    assert all(line.get_markerfacecolor() == "none" for line in curves)  # hollow: coinciding markers both show
+    [threshold] = [line for line in ax.get_lines() if line.get_label().startswith("0.9 x full")]
+    assert threshold.get_label() == "0.9 x full = 0.81" and threshold.get_ydata()[0] == pytest.approx(0.81)
+    assert [t.get_text() for t in ax.texts] == ["0.9 x full = 0.81"]
+    [legend] = fig.legends  # one legend for the figure, below the panels
+    assert [t.get_text() for t in legend.get_texts()] == ["snapkv", "twin"]
+    assert legend.get_window_extent(fig.canvas.get_renderer()).y1 < ax.get_window_extent().y0
