@@ -34,37 +34,40 @@ def _footprint(args) -> int:
 
 
 def _methods(args) -> int:
-    import dataclasses
     import json
+    import shutil
+    import textwrap
 
     from kvbench.plugins import registry
 
     rows = []
     for name, entry in registry().items():
         cls = entry.method_class
-        rows.append({
-            "name": name,
-            "category": cls.category,
-            "source": entry.source,
-            "knob": cls.knob,
-            "parameters": {f.name: f.default for f in dataclasses.fields(cls)},
-            "description": cls.description,
-        })
+        rows.append({"name": name, "category": cls.category, "source": entry.source, "knob": cls.knob,
+                     "parameters": _effective_defaults(cls), "description": cls.description})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="kvbench methods")
-    for column in ("name", "category", "from", "parameters (defaults)", "description"):
-        table.add_column(column)
-    for row in rows:
+    width = min(shutil.get_terminal_size().columns, 100)
+    for row in rows:  # a block per method: nothing is cut, at any width
+        print(f"{row['name']}  [{row['category']}; from {row['source']}]")
         params = ", ".join(f"{k}={v}" + ("*" if k == row["knob"] else "") for k, v in row["parameters"].items())
-        table.add_row(row["name"], row["category"], row["source"], params or "-", row["description"])
-    Console().print(table)
-    Console().print("* the knob a sweep varies")
+        for text in (row["description"], f"parameters: {params or '-'}"):
+            print(textwrap.fill(text, width, initial_indent="    ", subsequent_indent="      "))
+    print("* the knob a sweep varies")
     return 0
+
+
+def _effective_defaults(cls) -> dict:
+    """Each parameter's default as a method built with no arguments has it (ScoreMethod's keep: 0.5, not None);
+    the declared defaults for a method that needs arguments (a head-pattern file)."""
+    import dataclasses
+
+    try:
+        instance = cls()
+        return {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls)}
+    except (ValueError, TypeError):
+        return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 def _check(args) -> int:

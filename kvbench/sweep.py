@@ -33,6 +33,7 @@ import logging
 import os
 import shlex
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,21 +173,86 @@ def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = F
             print_fn(("# done: " if is_done(cell, out) else "") + cell.lm_eval_command(out))
         return []
     pending = [c for c in todo if not is_done(c, out)]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.console import Console
 
-    columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn(), TextColumn("{task.description}"))
-    with Progress(*columns) as progress, _quiet_cells():
-        bar = progress.add_task("", total=len(todo), completed=len(todo) - len(pending))
+    console = Console(stderr=True)
+    report = _TerminalProgress(console) if console.is_terminal else _LogProgress(print_fn)
+    with report.running(total=len(todo), done=len(todo) - len(pending)) as advance, _quiet_cells():
         runner = None
         for cell in pending:
-            progress.update(bar, description=cell.describe())
+            started = time.perf_counter()
             if runner is None or runner.model_name != cell.model:
                 runner = CellRunner(cell)  # models come in grid order: each is loaded once
+            advance(cell, before=True)
             run_cell(runner, cell, out)
-            progress.advance(bar)
-        progress.update(bar, description="done")
+            advance(cell, seconds=time.perf_counter() - started)
     return pending
+
+
+def progress_columns():
+    """The sweep's bar: counts, elapsed time and ETA first, the cell last (`fit_cell` cuts it to the width left)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return (TextColumn("sweep"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"))
+
+
+PROGRESS_WIDTH = 50  # what the columns before the cell take, at most (counts up to 9999/9999, hours)
+
+
+def fit_cell(description: str, width: int) -> str:
+    room = max(10, width - PROGRESS_WIDTH)
+    return description if len(description) <= room else description[: room - 1] + "…"
+
+
+class _TerminalProgress:
+    def __init__(self, console):
+        self.console = console
+
+    @contextmanager
+    def running(self, total: int, done: int):
+        from rich.progress import Progress
+
+        with Progress(*progress_columns(), console=self.console) as progress:
+            bar = progress.add_task("", total=total, completed=done)
+
+            def advance(cell, before=False, seconds=None):
+                if before:
+                    progress.update(bar, description=fit_cell(cell.describe(), self.console.width))
+                else:
+                    progress.advance(bar)
+
+            yield advance
+            progress.update(bar, description="done")
+
+
+class _LogProgress:
+    """Not a terminal (a log file, CI): one line per cell as it finishes, with the count and an ETA."""
+
+    def __init__(self, print_fn):
+        self.print = print_fn
+
+    @contextmanager
+    def running(self, total: int, done: int):
+        began, ran = time.perf_counter(), 0
+        self.print(f"sweep: {total} cells, {done} already done, {total - done} to run")
+
+        def advance(cell, before=False, seconds=None):
+            nonlocal done, ran
+            if before:
+                return
+            done, ran = done + 1, ran + 1
+            elapsed = time.perf_counter() - began
+            eta = elapsed / ran * (total - done)
+            self.print(f"sweep: [{done}/{total}] {cell.describe()}: {seconds:.1f} s "
+                       f"(elapsed {_clock(elapsed)}, ETA {_clock(eta)})")
+
+        yield advance
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
 class _CustomKwargsNotice(logging.Filter):
@@ -199,12 +265,20 @@ class _CustomKwargsNotice(logging.Filter):
 
 @contextmanager
 def _quiet_cells():
+    """No per-cell news: lm-eval's notice about custom kwargs, and the per-cell progress bars (lm-eval's and the
+    backend's tqdm bars; the sweep shows its own)."""
     logger, notice = logging.getLogger("lm_eval.api.task"), _CustomKwargsNotice()
     logger.addFilter(notice)
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
     try:
         yield
     finally:
         logger.removeFilter(notice)
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE")
+        else:
+            os.environ["TQDM_DISABLE"] = previous
 
 
 class CellRunner:

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 from kvbench import __version__
+from kvbench.cli import main
 
 
 def kvbench(*args):
@@ -18,3 +19,15 @@ def test_bad_input_is_reported_not_raised():
     result = kvbench("footprint", "--prompt-len", "0")
     assert result.returncode == 2
     assert "kvbench: error: prompt_len and chunk_size must be >= 1" in result.stderr
+
+
+def test_methods_at_80_columns_cut_nothing_and_show_the_defaults_that_apply(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert all(len(line) <= 80 for line in out.splitlines()) and "…" not in out
+    lines = out.splitlines()
+    start = lines.index("snapkv  [post-fill; from kvbench (built-in)]")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
+    snapkv = " ".join(line.strip() for line in lines[start:end])
+    assert "keep=0.5*" in snapkv and "schedule=chunked" in snapkv and "kernel=5" in snapkv  # whole, not cut

@@ -84,54 +84,46 @@ def board_json(folder) -> dict:
     return data
 
 
+LOG: list[str] = []  # what the uninterrupted sweep printed (not a terminal: its line per cell)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(config, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert len(run_sweep(config, out)) == 4
+        assert len(run_sweep(config, out, print_fn=LOG.append)) == 4
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def test_round_trip_from_real_lm_eval_results_to_the_leaderboard(uninterrupted):
-    runs = scoring.load_runs([uninterrupted])
-    assert len(runs) == 4
-    for run in runs:  # what the backend measured is what the scorer reads
-        data = json.loads(Path(run.path).read_text())
-        [task] = run.tasks
-        assert task.footprint == data["config"]["kvbench"]["tasks"]["kvbench_synth_recall"]["kv_footprint"]
-        assert task.score == data["results"]["kvbench_synth_recall"]["score,none"]
-        assert task.category == "recall" and task.context_length == 1024
-    [board] = scoring.score_runs(runs)
-    recall = board.categories["recall"]
-    footprints = [p.footprint for p in recall.points]
-    assert footprints == sorted(footprints) and footprints[0] < footprints[-1] < 1.0  # window 16 < 64 < 256
-    assert [p.params["window"] for p in recall.points] == WINDOWS
-    expected = scoring.critical_footprint([(p.footprint, p.score) for p in recall.points], recall.target)
-    assert recall.critical["streamingllm"].value == expected.value
-    assert "| streamingllm |" in leaderboard.render([board], "md", 0.9)
+def test_a_sweep_in_a_log_file_prints_a_line_per_cell_with_its_eta(uninterrupted):
+    import re
+
+    assert LOG[0] == "sweep: 4 cells, 0 already done, 4 to run"
+    assert [re.match(r"sweep: \[(\d)/4\] ", line)[1] for line in LOG[1:]] == ["1", "2", "3", "4"]
+    assert all(re.search(r": \d+\.\d s \(elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d\)$", line) for line in LOG[1:])
+    assert "streamingllm(sink=4,window=16) kvbench_synth_recall ctx=1024 chunk=256" in LOG[2]
 
 
-def test_sweep_killed_part_way_resumes_without_redoing_cells(config, uninterrupted, tmp_path):
-    out = tmp_path / "out"
-    command = [str(BIN / "kvbench"), "sweep", str(config), "--out", str(out)]
-    sweep = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not list(out.glob("*/results.json")) and time.time() < deadline and sweep.poll() is None:
-        time.sleep(0.2)
-    sweep.send_signal(signal.SIGKILL)  # mid-way through the next cell
-    sweep.wait()
-    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*/results.json")}
-    assert 1 <= len(finished) < 4, "the kill should land after the first cell and before the last"
+def test_the_terminal_bar_keeps_count_time_and_eta_at_80_columns():
+    import io
 
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{4 - len(finished)} cell(s) run" in done.stdout
-    for path, stamp in finished.items():  # finished cells untouched
-        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp
-    assert len(list(out.glob("*/results.json"))) == 4
-    assert not list(out.glob("*/.*.tmp"))
-    assert board_json(out) == board_json(uninterrupted)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from kvbench.sweep import fit_cell, progress_columns
+
+    cell = ("tiny-llama-with-a-long-name snapkv(keep=0.3,recent=64,obs_window=64,schedule=patched) "
+            "kvbench_synth_recall ctx=131072 chunk=32768")
+    for count in ("3/76", "1234/9999"):
+        done, total = map(int, count.split("/"))
+        with Progress(*progress_columns(), console=Console(file=io.StringIO()), auto_refresh=False) as progress:
+            progress.add_task(fit_cell(cell, 80), total=total, completed=done)
+            text = io.StringIO()
+            Console(file=text, width=80, color_system=None).print(progress.get_renderable())
+        [line] = text.getvalue().splitlines()
+        assert f" {count} " in line and " ETA " in line and "0:00:" in line
+        assert line.rstrip().endswith("…")  # the cell's name is what gets cut
