@@ -21,7 +21,7 @@ BASELINE = "full"
 CHANCE = {"kvbench_icl_trec_coarse": 1 / 6, "kvbench_icl_trec_fine": 1 / 50, "kvbench_icl_banking77": 1 / 77,
           "kvbench_icl_clinc150": 1 / 151, "kvbench_icl_nlu": 1 / 68, "kvbench_synth_icl": 1 / 6}
 DEFAULT_THRESHOLD = 0.9
-DEFAULT_CONTEXT_LENGTH = 131072  # what kvbench tasks use when --metadata gives none
+DEFAULT_CONTEXT_LENGTH = 131072  # for results that say nothing of their length (lm-eval's own tasks)
 # Keys of an lm-eval task result that are not scores.
 NOT_SCORES = {"kv_footprint", "kv_peak", "name", "alias", "sample_len", "sample_count"}
 
@@ -143,6 +143,7 @@ def read_run(path, categories: dict[str, str]) -> Run:
     run = Run(str(path), str(kv["model"]), method, _with_defaults(method, dict(kv.get("method_params", {}))),
               int(kv["chunk_size"]), knob)
     configs = data.get("configs", {})
+    sources = kv.get("data", {})  # the length the task ran at, also when it followed the model's (no --metadata)
     for task, footprint in kv["tasks"].items():
         if task not in data["results"]:
             raise ValueError(f"task {task!r} has a footprint but no score (a partial file?)")
@@ -153,7 +154,8 @@ def read_run(path, categories: dict[str, str]) -> Run:
                           "left out", ResultFileWarning, stacklevel=3)
             continue
         run.tasks.append(TaskResult(
-            task, str(category), int(metadata.get("context_length", DEFAULT_CONTEXT_LENGTH)),
+            task, str(category),
+            int(metadata.get("context_length") or sources.get(task, {}).get("context_length") or DEFAULT_CONTEXT_LENGTH),
             main_score(data["results"][task], task), float(footprint["kv_footprint"]),
             float(footprint["kv_peak"]), float(footprint["kv_peak_bytes"]),
         ))

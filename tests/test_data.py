@@ -242,3 +242,17 @@ def test_helmet_documents_carry_the_lines_of_their_samples_and_demos(tokenizer, 
     assert source["data"] == "helmet" and list(source["files"]) == ["ruler/niah_multikey_3/validation_131072.jsonl"]
     assert source["files"]["ruler/niah_multikey_3/validation_131072.jsonl"] == hashlib.sha256(
         (tmp_path / "data/ruler/niah_multikey_3/validation_131072.jsonl").read_bytes()).hexdigest()
+
+
+def test_the_length_follows_the_model_and_one_it_cannot_hold_is_an_error_before_any_work(tmp_path):
+    from checkpoints import save_tiny_checkpoint
+
+    model = save_tiny_checkpoint(tmp_path / "model", max_positions=20000)
+    docs = synth.build("synth_recall", pretrained=str(model), num_samples=1)["test"]
+    assert docs[0]["length"] == 20000  # the model's positions (no --metadata)
+    helmet_files = write_helmet_data(tmp_path / "helmet", lengths=(16384,), rows=1)
+    docs = helmet.build("kilt_nq", pretrained=str(model), num_samples=1, data_dir=helmet_files)["test"]
+    assert docs[0]["length"] == 16384  # HELMET's largest length that fits in 20000
+    with pytest.raises(ValueError, match=r"context_length=131072, but .* holds 20000 positions \(max_position_"
+                                         r"embeddings\); pass --metadata '\{\"context_length\": 20000\}' or less"):
+        synth.build("synth_recall", pretrained=str(model), context_length=131072)

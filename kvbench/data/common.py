@@ -72,10 +72,22 @@ class Settings:
     data_dir: Path | None
 
 
-def settings(settings: dict, default_samples: int = 100) -> Settings:
-    length = _positive_int(settings, LENGTH_KEY, DEFAULT_LENGTH)
+def settings(settings: dict, default_samples: int = 100, lengths: tuple[int, ...] | None = None) -> Settings:
+    """The task's settings. Without `context_length`, the length follows the evaluated model: its positions,
+    capped at 128K (and, for tasks reading HELMET's files, the largest of `lengths` that fits). A length the model
+    cannot hold is an error here, before any prompt is built."""
+    positions = model_positions(settings)
+    if LENGTH_KEY in settings:
+        length = _positive_int(settings, LENGTH_KEY, DEFAULT_LENGTH)
+    else:
+        length = min(positions or DEFAULT_LENGTH, DEFAULT_LENGTH)
+        if lengths:
+            length = max([n for n in lengths if n <= length], default=min(lengths))
     if length < 1024:
         raise ValueError(f"{LENGTH_KEY}={length} is too short for a long-context task; use 1024 tokens or more")
+    if positions is not None and length > positions:
+        raise ValueError(f"{LENGTH_KEY}={length}, but {settings.get('pretrained')} holds {positions} positions "
+                         f"(max_position_embeddings); pass --metadata '{{\"{LENGTH_KEY}\": {positions}}}' or less")
     return Settings(
         length=length,
         seed=_positive_int(settings, "seed", 42, allow_zero=True),
@@ -94,6 +106,22 @@ def _positive_int(settings: dict, key: str, default: int, allow_zero: bool = Fal
     if number < 0 or (number == 0 and not allow_zero):
         raise ValueError(f"--metadata key {key!r} must be positive; got {number}")
     return number
+
+
+def model_positions(settings: dict) -> int | None:
+    """The evaluated model's max_position_embeddings (from `pretrained`'s config), or None when unknown."""
+    name = settings.get("pretrained")
+    if not isinstance(name, str):
+        return None
+    from transformers import AutoConfig
+
+    from kvbench.tiny import resolve_pretrained
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_pretrained(name))
+    except (OSError, ValueError):  # not loadable here: the backend says why when it loads the model
+        return None
+    return getattr(config, "max_position_embeddings", None)
 
 
 def load_tokenizer(settings: dict):

@@ -46,9 +46,10 @@ def read_rows(root: Path, relative: str) -> list[sampling.Row]:
     return sampling.numbered(read_jsonl(root / relative))
 
 
-def record_files(task: str, root: Path, *relative: str) -> None:
-    """Which of HELMET's files the task ran on, with their SHA-256 (written into every results file)."""
-    common.record_source(task, data="helmet", data_dir=str(root),
+def record_files(task: str, s: common.Settings, root: Path, *relative: str) -> None:
+    """Which of HELMET's files the task ran on, with their SHA-256, and at which length (written into every
+    results file)."""
+    common.record_source(task, data="helmet", data_dir=str(root), context_length=s.length,
                          files={name: sha256_of(root / name) for name in relative})
 
 
@@ -85,7 +86,7 @@ def build_rag(task: str, s: common.Settings) -> list[dict]:
         out.append({"prompt": common.truncate_context(s.tokenizer, template, context, s.length - RAG_GEN_TOKENS),
                     "template": template, "answers": list(row["answers"]), "metric": "substring_exact_match",
                     "answer_prefix": RAG_SYSTEM, "sample_line": line, "demo_lines": [d for d, _ in demos]})
-    record_files(task, root, test_file, demo_file)
+    record_files(task, s, root, test_file, demo_file)
     return out
 
 
@@ -134,7 +135,7 @@ def build_rerank(task: str, s: common.Settings) -> list[dict]:
         qrels = [f"{c['id']}:{int(c['label'])}" for c in row["ctxs"]]
         out.append({"prompt": prompt, "template": template, "answers": [gold_ranking(row["ctxs"])], "qrels": qrels,
                     "metric": "ndcg_at_10", "sample_line": line, "demo_lines": [d for d, _ in demos]})
-    record_files(task, root, test_file, RERANK_DEMO_FILE)
+    record_files(task, s, root, test_file, RERANK_DEMO_FILE)
     return out
 
 
@@ -173,7 +174,7 @@ def build_icl(task: str, s: common.Settings) -> list[dict]:
         out.append({"prompt": common.truncate_context(s.tokenizer, template, context, s.length - ICL_GEN_TOKENS),
                     "template": template, "answers": [str(mapping[int(row["label"])])], "metric": "label_accuracy",
                     "sample_line": line, "demo_lines": [d for d, _ in demos]})
-    record_files(task, root, train_file, test_file)
+    record_files(task, s, root, train_file, test_file)
     return out
 
 
@@ -183,6 +184,7 @@ BUILDERS = {**{t: build_rag for t in RAG_FILES}, "msmarco_rerank": build_rerank,
 def build(task: str, **settings) -> dict:
     """lm-eval's custom_dataset for a data-backed task. RAG, re-rank and ICL stop at a generated newline token,
     as HELMET's configs for them do (stop_new_line)."""
-    s = common.settings(settings, default_samples=ICL_SAMPLES if task in ICL_SHOTS else 100)
+    s = common.settings(settings, default_samples=ICL_SAMPLES if task in ICL_SHOTS else 100,
+                        lengths=common.HELMET_LENGTHS)
     rows = BUILDERS[task](task, s)
     return common.to_dataset([{**r, "task": task, "length": s.length, "stop_at_newline_token": True} for r in rows])

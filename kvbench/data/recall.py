@@ -73,11 +73,11 @@ def read_helmet(task: str, s: common.Settings) -> list[dict]:
         prompt = common.truncate_context(s.tokenizer, template, row["context"], budget)
         rows.append({"prompt": prompt, "template": template, "answers": answers, "metric": metric,
                      "answer_prefix": prefix, "sample_line": line})
-    record_files(task, root, relative)
+    record_files(task, s, root, relative)
     return rows
 
 
 def build(task: str, **settings) -> dict:
     """lm-eval's custom_dataset for a recall task: HELMET's file, or a clear error saying how to get it."""
-    s = common.settings(settings)
+    s = common.settings(settings, lengths=common.HELMET_LENGTHS)
     return common.to_dataset([{**r, "task": task, "length": s.length} for r in read_helmet(task, s)])
