@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import time
+from pathlib import Path
 
 import jinja2
 import torch
@@ -89,6 +90,9 @@ class KVBenchLM(TemplateLM):
         self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
         self._device = self._data_parallel(_pick_device(device))
         path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
+        if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"pretrained={pretrained}: the folder holds no model (no config.json); point "
+                                    "pretrained= at a checkpoint folder (config.json, weights, tokenizer) or a hub name")
         placement = _model_parallel(_bool(parallelize, "parallelize"), device_map, max_memory_per_gpu, max_cpu_memory)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
