@@ -267,7 +267,13 @@ class ScoreMethod(Method):
             candidates = range(end - new, end)
         k = self.layer_budget(view.layer, k, len(candidates))
         view.candidates = candidates
-        return view.top_k(self.score(view), k, candidates, recent=self.recent)
+        scores = self.score(view)
+        expected = (len(view.heads), view.num_held)
+        if tuple(scores.shape) != expected:  # a misaligned score would keep the wrong entries, silently
+            raise ValueError(f"method {self.name!r}: score() must return one score per KV head and held entry, "
+                             f"[heads, held] = {list(expected)} (a patched schedule's scoring tail included); "
+                             f"got {list(scores.shape)}")
+        return view.top_k(scores, k, candidates, recent=self.recent)
 
     def evicts_at(self, view: KeepView) -> bool:
         if view.phase.is_decode:

@@ -215,7 +215,30 @@ def _knob(cls, params, models) -> str:
 
 def _deterministic(cls, params, models) -> str:
     model = models["llama-gqa"]
-    first, second = (_run(model, _build(cls, params), 7) for _ in range(2))
+    runs = []
+    for _ in range(2):
+        method = _build(cls, params)
+        kept = _record_selections(method)  # chunks of 128 over 512 tokens: typical budgets evict
+        runs.append((_run(model, method, KNOB_CHUNK_SIZE, KNOB_PROMPT_TOKENS), kept))
+    (first, first_kept), (second, second_kept) = runs
     assert first.token_ids == second.token_ids, "two runs generated different tokens"
     assert first.stats == second.stats, "two runs measured different footprints"
-    return "two runs: same tokens and footprint"
+    differing = next((i for i, (a, b) in enumerate(zip(first_kept, second_kept, strict=True)) if a != b), None)
+    assert differing is None, (
+        f"two runs kept different entries (decision {differing} of {len(first_kept)}): select() is not deterministic"
+    )
+    return "two runs: same tokens, footprint and kept entries"
+
+
+def _record_selections(method: Method) -> list:
+    """Every decision of `method` in order: the indices each head kept, or None."""
+    decisions: list = []
+    decide = method.select
+
+    def select(view):
+        index = decide(view)
+        decisions.append(None if index is None else index.tolist())
+        return index
+
+    method.select = select
+    return decisions

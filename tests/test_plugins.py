@@ -13,6 +13,7 @@ import torch
 
 import kvbench
 from kvbench.method import Method
+from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
 from kvbench.plugins import build_registry, hookimpl, plugin_manager
 from kvbench.testing import format_report, run_checks
@@ -165,8 +166,42 @@ class WrongDirection(StreamingLLM):
         return StreamingLLM(sink=self.sink, window=window).select(view)
 
 
+@dataclass
+class ScoresWithoutTheTail(SnapKV):
+    """Scores only the entries it keeps, forgetting the patched schedule's scoring tail: misaligned scores."""
+
+    name = "scores-without-the-tail"
+
+    def score(self, view):
+        return super().score(view)[:, : view.num_held - view.num_scoring]
+
+
+@dataclass
+class NoisyScores(SnapKV):
+    """Random noise on its scores: the same counts kept (footprint, often tokens), different entries each run."""
+
+    name = "noisy-scores"
+
+    def score(self, view):
+        return super().score(view) + torch.rand(len(view.heads), view.num_held)
+
+
 def failures(results):
     return {r.name: r.detail for r in results if r.failed}
+
+
+def test_check_fails_scores_of_the_wrong_shape_under_the_patched_schedule():
+    failed = failures(run_checks(ScoresWithoutTheTail, {"schedule": "patched", "keep": 0.3, "recent": 8,
+                                                        "obs_window": 8}))
+    assert "score() must return one score per KV head and held entry, [heads, held] = [2, " in \
+        failed["every phase, chunk sizes 1/7/64/>prompt"]
+
+
+def test_check_fails_a_nondeterministic_selection():
+    # Noise changes which entries are kept (checked first by what the model writes, then by the entries kept).
+    failed = failures(run_checks(NoisyScores, {"keep": 0.3, "recent": 8, "obs_window": 8}))
+    assert failed["deterministic"] in ("two runs generated different tokens", "two runs measured different footprints") \
+        or failed["deterministic"].startswith("two runs kept different entries")
 
 
 def test_check_fails_a_method_keeping_out_of_range_indices():
