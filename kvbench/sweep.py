@@ -173,9 +173,11 @@ def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = F
             print_fn(("# done: " if is_done(cell, out) else "") + cell.lm_eval_command(out))
         return []
     pending = [c for c in todo if not is_done(c, out)]
+    import sys
+
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(file=sys.stderr)  # this stream, not the one the cells' bars are sent away to
     report = _TerminalProgress(console) if console.is_terminal else _LogProgress(print_fn)
     with report.running(total=len(todo), done=len(todo) - len(pending)) as advance, _quiet_cells():
         runner = None
@@ -266,19 +268,23 @@ class _CustomKwargsNotice(logging.Filter):
 @contextmanager
 def _quiet_cells():
     """No per-cell news: lm-eval's notice about custom kwargs, and the per-cell progress bars (lm-eval's and the
-    backend's tqdm bars; the sweep shows its own)."""
+    backend's tqdm bars, which pass `disable` themselves, so TQDM_DISABLE does not reach them); the sweep shows its
+    own progress. Warnings and errors still show."""
+    import tqdm
+
     logger, notice = logging.getLogger("lm_eval.api.task"), _CustomKwargsNotice()
     logger.addFilter(notice)
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    original = tqdm.tqdm.__init__
+
+    def disabled(self, *args, **kwargs):
+        original(self, *args, **{**kwargs, "disable": True})
+
+    tqdm.tqdm.__init__ = disabled
     try:
         yield
     finally:
+        tqdm.tqdm.__init__ = original
         logger.removeFilter(notice)
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE")
-        else:
-            os.environ["TQDM_DISABLE"] = previous
 
 
 class CellRunner:

@@ -134,10 +134,14 @@ def test_the_quick_demo_writes_a_critical_footprint_table_and_plot_and_resumes(t
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--samples", "1", "--out", str(out)]) == 0
     table = (out / "leaderboard.md").read_text()
-    assert table in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert table in printed
+    # it said first what it would do and about how long that takes here
+    assert printed.startswith("demo: 16 cells to run (16 in all: method settings x 4 tasks), 1 prompt(s) each at "
+                              "1024 tokens; about 0.6 min on a quiet 2-core CPU (measured)")
     assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header = next(line for line in table.splitlines() if line.startswith("| method"))
-    assert header == "| method | icl | rag | recall | rerank |"  # every synthetic category
+    assert header == "| method | icl | rag | recall | rerank | icl peak | rag peak | recall peak | rerank peak |"
     cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table.splitlines()
              if line.startswith("| ") and not line.startswith("| method")}
     assert set(cells) == {"streamingllm", "snapkv", "prulong"}  # full is the baseline, not a row
@@ -149,6 +153,7 @@ def test_the_quick_demo_writes_a_critical_footprint_table_and_plot_and_resumes(t
     assert len(results) == 4 * 4  # four methods x four categories, one lm-eval results file each
     stamps = [r.stat().st_mtime_ns for r in results]
     assert main(["demo", "--quick", "--samples", "1", "--out", str(out)]) == 0  # resumes: nothing to redo
+    assert capsys.readouterr().out.startswith("demo: 0 cells to run (16 in all")
     assert [r.stat().st_mtime_ns for r in results] == stamps
     assert (out / "leaderboard.md").read_text() == table
 
