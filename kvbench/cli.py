@@ -129,19 +129,17 @@ def _sweep(args) -> int:
 
 
 def _leaderboard(args) -> int:
-    import warnings
     from pathlib import Path
 
     from kvbench import leaderboard, scoring
 
-    with warnings.catch_warnings():
-        # A left-out file is printed, never silent: `warnings` shows each once, as "file: line: message" noise.
-        warnings.simplefilter("always", scoring.ResultFileWarning)
-        warnings.showwarning = lambda message, *_: print(f"kvbench: warning: {message}", file=sys.stderr)
+    with _warnings_printed():
         runs = scoring.load_runs(args.results, scoring.parse_categories(args.category))
         if not runs:
             raise ValueError("no usable result files among " + " ".join(args.results))
         boards = scoring.score_runs(runs, args.threshold)
+        if args.thresholds:
+            return _thresholds(args, runs)
     if not any(board.categories for board in boards):
         raise ValueError("nothing to score: every category was left out (see the warnings above)")
     text = leaderboard.render(boards, args.format, args.threshold, reported=args.reported)
@@ -153,6 +151,58 @@ def _leaderboard(args) -> int:
     if args.plot:
         leaderboard.plot(boards, args.plot, args.threshold)
         print(f"plot -> {args.plot}")
+    return 0
+
+
+def _warnings_printed():
+    """A left-out file or setting is printed, never silent: `warnings` would show each once, as noise."""
+    import contextlib
+    import warnings
+
+    from kvbench.scoring import ResultFileWarning
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("always", ResultFileWarning)
+    warnings.showwarning = lambda message, *_: print(f"kvbench: warning: {message}", file=sys.stderr)
+    return stack
+
+
+def _thresholds(args, runs) -> int:
+    import json
+    from pathlib import Path
+
+    from kvbench import views
+
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",")]
+    except ValueError:
+        raise ValueError(f"--thresholds takes numbers separated by commas (0.85,0.9,0.95); got {args.thresholds!r}")
+    if args.format not in ("md", "json"):
+        raise ValueError("--thresholds writes md or json")
+    table = views.threshold_table(runs, thresholds)
+    text = views.threshold_markdown(table, thresholds) if args.format == "md" else json.dumps(
+        {"thresholds": thresholds, "rows": table}, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.format} table at {args.thresholds} -> {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def _plot(args) -> int:
+    from kvbench import scoring, views
+
+    with _warnings_printed():
+        if args.view == "trace":
+            fig = views.trace_figure(args.results, args.task, args.sample)
+        elif args.view == "chunks":
+            fig = views.chunks_figure(scoring.load_runs(args.results), args.threshold)
+        else:
+            fig = views.memory_figure(args.results)
+    views.save(fig, args.out)
+    print(f"{args.view} -> {args.out}")
     return 0
 
 
@@ -230,7 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--reported", action="store_true", help="add the paper's Table 2, marked as reported")
     board.add_argument("--category", action="append", metavar="TASK=CATEGORY",
                        help="category of a task whose metadata has none (repeatable)")
+    board.add_argument("--thresholds", default=None, metavar="T1,T2,...",
+                       help="one table at several thresholds (e.g. 0.85,0.9,0.95) with each method's rank (md, json)")
     board.set_defaults(run=_leaderboard)
+
+    plot = commands.add_parser("plot", help="the footprint views: KV held over time, chunk sizes, memory")
+    plot_commands = plot.add_subparsers(dest="view", metavar="VIEW", required=True)
+    for view, text in (("trace", "KV held over one request, one line per run (runs with trace=true)"),
+                       ("chunks", "critical footprint against the prefill chunk size, per method and category"),
+                       ("memory", "measured peak bytes and tokens/s against the idealised footprint and peak")):
+        one = plot_commands.add_parser(view, help=text)
+        one.add_argument("results", nargs="+", help="lm-eval result files or folders (a sweep's, or --output_path)")
+        one.add_argument("--out", required=True, metavar="FIG.png")
+        if view == "trace":
+            one.add_argument("--task", default=None, help="the task whose sample to draw (default: the first found)")
+            one.add_argument("--sample", type=int, default=0, help="the sample's doc_id (default 0)")
+        if view == "chunks":
+            one.add_argument("--threshold", type=float, default=0.9)
+        one.set_defaults(run=_plot)
 
     # Dispatched in main() before parsing: every argument belongs to lm-eval, whose parser reads them.
     commands.add_parser(

@@ -15,7 +15,7 @@ import torch
 
 from kvbench import attention
 from kvbench.cache import KVCache
-from kvbench.ledger import FootprintStats
+from kvbench.ledger import FootprintStats, Ledger
 from kvbench.method import Method, ModelShape, Phase
 
 DEFAULT_CHUNK_SIZE = 32768
@@ -32,6 +32,7 @@ class Generation:
     decode_steps: int  # forward steps after the prompt (the last generated token is never fed)
     finish_reason: str  # "length", "eos" or "stop"
     logits: list[torch.Tensor] = field(default_factory=list)  # next-token logits per generated token, on request
+    trace: list[dict] | None = None  # KV held over the request (ledger.Trace's points), on request
 
 
 def generate(
@@ -47,6 +48,7 @@ def generate(
     attn: str = "sdpa",
     return_logits: bool = False,
     stop_token_ids: Sequence[int] = (),
+    trace: bool = False,
 ) -> Generation:
     """Greedy generation with `method` managing the KV cache; footprint measured from the cache that ran.
 
@@ -61,7 +63,7 @@ def generate(
     shape = ModelShape.from_config(model.config)
     _check_positions(shape, len(ids), max_new_tokens)
     method.bind(shape)
-    cache = KVCache(shape, method, attn_kernel=attn)
+    cache = KVCache(shape, method, Ledger(shape.num_layers, shape.num_kv_heads, trace=trace), attn_kernel=attn)
     eos = _eos_ids(model, tokenizer, eos_token_id)
     device = model.device
     ids = ids.to(device)
@@ -105,6 +107,7 @@ def generate(
         decode_steps=decode_steps,
         finish_reason=finish_reason,
         logits=all_logits,
+        trace=cache.ledger.trace.all_points if trace else None,
     )
 
 

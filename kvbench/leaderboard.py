@@ -116,6 +116,18 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LINESTYLES = ("-", "--", "-.", ":")
 
 
+def styles(labels: list[str]) -> dict:
+    """One look per label, the same in every panel and figure: its own marker, line style and colour, hollow
+    markers shrinking down the list, so that curves that coincide still show each other."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {label: dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                        color=colours[i % len(colours)], markersize=9 - 4 * i / max(len(labels) - 1, 1),
+                        markerfacecolor="none", markeredgewidth=1.5)
+            for i, label in enumerate(labels)}
+
+
 def figure(boards: list[GroupBoard], threshold: float):
     """Score against footprint per category (one panel each), one line per method, the threshold dashed.
 
@@ -132,25 +144,21 @@ def figure(boards: list[GroupBoard], threshold: float):
     if not panels:
         raise ValueError("nothing to plot: no scored runs")
     methods = sorted({p.method for _, cb in panels for p in cb.points})
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = {m: dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
-                      color=colours[i % len(colours)], markersize=9 - 4 * i / max(len(methods) - 1, 1),
-                      markerfacecolor="none", markeredgewidth=1.5)
-              for i, m in enumerate(methods)}
+    style = styles(methods)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
     for ax, (board, cb) in zip(axes[0], panels, strict=True):
         for method in methods:
             points = sorted((p for p in cb.points if p.method == method), key=lambda p: p.footprint)
             if points:
                 ax.plot([100 * p.footprint for p in points], [p.score for p in points], label=method,
-                        **styles[method])
+                        **style[method])
         ax.axhline(cb.target, color="grey", linestyle=(0, (5, 5)), linewidth=1,
                    label=f"{threshold:g} x full = {cb.target:.3g}")
         ax.annotate(f"{threshold:g} x full = {cb.target:.3g}", (1, cb.target), xycoords=("axes fraction", "data"),
                     ha="right", va="bottom", fontsize="x-small", color="grey")
         ax.set(title=f"{cb.category} — {board.model.rsplit('/', 1)[-1]}, chunk {board.chunk_size}",
                xlabel="KV footprint (% of full)", ylabel="score")
-    handles = [plt.Line2D([], [], label=m, **styles[m]) for m in methods]
+    handles = [plt.Line2D([], [], label=m, **style[m]) for m in methods]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 4), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(methods) - 1) // 4), 1, 1))
     return fig

@@ -25,16 +25,61 @@ class FootprintStats:
         return asdict(self)
 
 
-class Ledger:
-    """Accounts for one request. `record_step` per layer and head group; `end_step` after each forward."""
+class Trace:
+    """KV held over a request, one point per forward step (mean over layers and KV heads, byte-weighted as the
+    footprint is): `tokens` processed so far, the step's `new` tokens, its `active` entries (its share of the
+    footprint's sum), `held_peak` after the step's append and `held` after its eviction, and the physical bytes
+    at those two moments. Bounded: past `max_points`, neighbouring points merge in pairs and every later point
+    covers as many steps (tokens, held and bytes of the last; new and active summed; peaks the largest), so the
+    points stay evenly spread over the request and its area (the sum of active) and peaks stay exact."""
 
-    def __init__(self, num_layers: int, num_kv_heads: int):
+    def __init__(self, max_points: int = 512):
+        self.max_points = max_points
+        self.points: list[dict] = []
+        self.tokens = 0
+        self.stride, self._pending, self._pending_steps = 1, None, 0
+
+    @staticmethod
+    def _merge(a: dict, b: dict) -> dict:
+        return {"tokens": b["tokens"], "new": a["new"] + b["new"], "active": a["active"] + b["active"],
+                "held_peak": max(a["held_peak"], b["held_peak"]), "held": b["held"],
+                "bytes_peak": max(a["bytes_peak"], b["bytes_peak"]), "bytes": b["bytes"]}
+
+    def add(self, new: int, active: float, held_peak: float, held: float, bytes_peak: int, bytes_now: int) -> None:
+        self.tokens += new
+        point = {"tokens": self.tokens, "new": new, "active": active, "held_peak": held_peak, "held": held,
+                 "bytes_peak": bytes_peak, "bytes": bytes_now}
+        self._pending = point if self._pending is None else self._merge(self._pending, point)
+        self._pending_steps += 1
+        if self._pending_steps < self.stride:
+            return
+        self.points.append(self._pending)
+        self._pending, self._pending_steps = None, 0
+        if len(self.points) > self.max_points:
+            merged = [self._merge(a, b) for a, b in zip(self.points[0::2], self.points[1::2])]
+            self._pending = self.points[-1] if len(self.points) % 2 else None
+            self._pending_steps = self.stride if self._pending else 0
+            self.points, self.stride = merged, self.stride * 2
+
+    @property
+    def all_points(self) -> list[dict]:
+        """The points, the last steps included even when they do not yet fill a point."""
+        return self.points + ([self._pending] if self._pending else [])
+
+
+class Ledger:
+    """Accounts for one request. `record_step` per layer and head group; `end_step` after each forward.
+    With `trace`, it also keeps the request's KV held over time (Trace); without, that costs nothing."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, trace: bool = False):
         self.num_heads_total = num_layers * num_kv_heads
         self.active = [[0.0] * num_kv_heads for _ in range(num_layers)]
         self.peak_mean_held = 0.0
         self._step_held = 0.0
         self.bytes_now = self.peak_bytes = 0
         self.entries_now = self.peak_entries = 0
+        self.trace = Trace() if trace else None
+        self._step = {"new": 0, "active": 0.0, "weight": 1.0, "bytes_peak": 0}
 
     def record_step(self, layer: int, heads: list[int], held_before: int, new: int, weight: float = 1.0) -> None:
         """`new` tokens attend over `held_before` entries in each of `heads` (weight: bytes vs the model dtype)."""
@@ -43,10 +88,19 @@ class Ledger:
         for head in heads:
             row[head] += active
         self._step_held += weight * (held_before + new) * len(heads)
+        if self.trace is not None:
+            self._step["new"], self._step["weight"] = new, weight
+            self._step["active"] += active * len(heads)
 
     def end_step(self) -> None:
-        self.peak_mean_held = max(self.peak_mean_held, self._step_held / self.num_heads_total)
+        held_peak = self._step_held / self.num_heads_total
+        self.peak_mean_held = max(self.peak_mean_held, held_peak)
         self._step_held = 0.0
+        if self.trace is not None:
+            step = self._step
+            self.trace.add(step["new"], step["active"] / self.num_heads_total, held_peak,
+                           step["weight"] * self.entries_now / self.num_heads_total, step["bytes_peak"], self.bytes_now)
+            self._step = {"new": 0, "active": 0.0, "weight": 1.0, "bytes_peak": self.bytes_now}
 
     def record_memory(self, delta_bytes: int, delta_entries: int) -> None:
         """Physical change of the cache (an append or an eviction), in the order it happened."""
@@ -54,6 +108,8 @@ class Ledger:
         self.entries_now += delta_entries
         self.peak_bytes = max(self.peak_bytes, self.bytes_now)
         self.peak_entries = max(self.peak_entries, self.entries_now)
+        if self.trace is not None:
+            self._step["bytes_peak"] = max(self._step["bytes_peak"], self.bytes_now)
 
     def stats(self, tokens: int) -> FootprintStats:
         full = tokens * (tokens + 1) / 2

@@ -322,8 +322,9 @@ class CellRunner:
         self.lm.method = load_method(cell.method, **{k: str(v) for k, v in cell.params.items()})
         self.lm.chunk_size = cell.chunk_size
         self.lm.tally = FootprintTally()
+        # With trace=true in model_args the samples (which carry the traces) are kept: run_cell writes them.
         return lm_eval.simple_evaluate(model=self.lm, tasks=[cell.task], task_manager=self.task_manager(cell),
-                                       metadata=cell.task_metadata(), limit=cell.limit, log_samples=False)
+                                       metadata=cell.task_metadata(), limit=cell.limit, log_samples=self.lm.trace)
 
 
 def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:
@@ -336,6 +337,9 @@ def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:
     if results is None:  # a data-parallel process other than rank 0: lm-eval hands the results to rank 0 alone
         return None
     results["config"]["kvbench_sweep"] = {**cell.as_dict(), "key": cell.key}
-    path = folder / "results.json"
+    for task, samples in (results.pop("samples", None) or {}).items():  # as lm-eval's --log_samples writes them
+        rows = "".join(json.dumps(sample, default=handle_non_serializable) + "\n" for sample in samples)
+        write_atomically(folder / f"samples_{task}.jsonl", rows)
+    path = folder / "results.json"  # last: its presence marks the cell done
     write_atomically(path, json.dumps(results, indent=1, default=handle_non_serializable))
     return path

@@ -162,7 +162,7 @@ def test_variants_of_a_method_are_separate_curves(tmp_path):
 
 def sweep_cell(out, method, params, task, category, score, footprint, knob=None, model="m", chunk=64):
     """A results file where `kvbench sweep` puts it (OUT/<method>-<key>/results.json), with its sweep record."""
-    key = f"{abs(hash((method, repr(sorted(params.items())), task))):016x}"[:16]
+    key = f"{abs(hash((method, repr(sorted(params.items())), task, chunk))):016x}"[:16]
     folder = out / f"{method}-{key}"
     folder.mkdir(parents=True)
     path = result_file(folder / "results.json", method, params, {task: (category, score, footprint)}, model, chunk)

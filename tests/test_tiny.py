@@ -49,13 +49,18 @@ def full_recall(model_and_tokenizer, recall_prompts):
     return evaluate.evaluate(model, tokenizer, "synth_recall", None, chunk_size=CHUNK, prompts=recall_prompts)
 
 
-def test_resolver_gives_the_bundled_checkpoint_and_leaves_other_names_alone():
+def test_resolver_gives_the_bundled_checkpoint_and_leaves_other_names_alone(tmp_path):
     path = Path(tiny.resolve_pretrained("kvbench-tiny"))
     assert path == tiny.MODEL_DIR
     for name in ("model.safetensors", "config.json", "tokenizer.json"):
         assert (path / name).is_file(), name
     assert sum(f.stat().st_size for f in path.iterdir()) <= 25 * 2**20
-    assert tiny.resolve_pretrained("/some/other/model") == "/some/other/model"
+    assert tiny.resolve_pretrained(str(tmp_path)) == str(tmp_path)  # an existing folder, as given
+    assert tiny.resolve_pretrained("org/model") == "org/model"  # a hub name, for transformers to fetch
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        tiny.resolve_pretrained("/some/other/model")
+    with pytest.raises(FileNotFoundError, match="did you mean kvbench-tiny"):
+        tiny.resolve_pretrained("kvbench-tinny")
 
 
 def test_it_is_a_standard_llama_checkpoint_with_gqa_and_rope(model_and_tokenizer):

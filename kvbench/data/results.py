@@ -32,4 +32,12 @@ def process_results(doc: dict, results: list) -> dict:
     if footprint:
         out["kv_footprint"] = float(footprint["kv_footprint"])
         out["kv_peak"] = float(footprint["kv_peak"])
+        if footprint.get("trace") is not None:  # lm-eval writes each sample's metrics into its samples file
+            out["kv_trace"] = footprint["trace"]
     return out
+
+
+def trace_points(traces: list) -> float:
+    """lm-eval's aggregate of kv_trace: the mean number of points per sample (the traces themselves are in the
+    samples file, one per sample, with --log_samples)."""
+    return sum(len(trace) for trace in traces) / len(traces)

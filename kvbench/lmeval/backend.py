@@ -34,7 +34,7 @@ from kvbench.tiny import resolve_pretrained
 log = logging.getLogger("lm_eval.models.kvbench")
 
 BACKEND_ARGS = ("pretrained", "method", "chunk_size", "dtype", "device", "attn", "max_length", "trust_remote_code",
-                "parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory")
+                "parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory", "trace")
 DEFAULT_MAX_LENGTH = 2048  # as lm-eval's hf backend, when neither config nor tokenizer gives one
 
 
@@ -70,6 +70,7 @@ class KVBenchLM(TemplateLM):
         device_map: str | dict | None = None,
         max_memory_per_gpu: int | str | None = None,
         max_cpu_memory: int | str | None = None,
+        trace: bool = False,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
         **method_params,
@@ -88,6 +89,7 @@ class KVBenchLM(TemplateLM):
                 "inflate the KV cache and the footprint it reports"
             )
         self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
+        self.trace = _bool(trace, "trace")  # each generate_until sample's KV held over time, in its samples-file row
         self._device = self._data_parallel(_pick_device(device))
         path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
         if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
@@ -284,9 +286,9 @@ class KVBenchLM(TemplateLM):
             ids = self._fit_prompt(context, doc, budget, why, request.task_name)
             generation = self._timed(
                 generate, self._model, ids, self.method, tokenizer=self.tokenizer, chunk_size=self.chunk_size,
-                max_new_tokens=max_gen_toks, stop=until, attn=self.attn, stop_token_ids=stop_tokens,
+                max_new_tokens=max_gen_toks, stop=until, attn=self.attn, stop_token_ids=stop_tokens, trace=self.trace,
             )
-            answer = KVText(generation.text, generation.stats.as_dict())
+            answer = KVText(generation.text, {**generation.stats.as_dict(), "trace": generation.trace})
             if counted:
                 self.tally.add(request.task_name, generation.stats)
             results.append(answer)

@@ -1,7 +1,7 @@
 """Dataset builders of the recall tasks (lm-eval calls them with the merged metadata and model_args)."""
 
 from kvbench.data import recall, ruler, synth
-from kvbench.data.results import process_results  # noqa: F401  (named by _template_yaml)
+from kvbench.data.results import process_results, trace_points  # noqa: F401  (named by the YAMLs)
 
 
 def json_kv(**settings):

@@ -1,0 +1,232 @@
+"""The footprint views: what the paper argues with pictures, and the checks it leaves open, from result files.
+
+- `trace_figure`: KV held over time for one sample of several runs (the paper's figure): each line the entries
+  held per layer and KV head, rising over a prefill chunk as its tokens are appended and dropping where the method
+  evicts, the area under it shaded (its area is the footprint), its peak marked.
+- `threshold_table`: the critical footprint of every method at several thresholds (85%, 90%, 95% of full
+  attention's score) and its rank at each, so that ranking changes stand out.
+- `chunks_figure`: the critical footprint against the prefill chunk size, per method and category.
+- `memory_figure`: what was measured (peak physical bytes, tokens per second) against the idealised footprint and
+  peak, per setting and task, with their correlation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from kvbench import scoring
+
+# ---- KV held over time ----
+
+
+def _run_label(kv: dict) -> str:
+    """The method and the parameters it runs with that differ from its defaults: "snapkv (keep=0.1, ...)"."""
+    params = scoring._with_defaults(kv["method"], {})
+    changed = [f"{k}={v}" for k, v in kv.get("method_params", {}).items() if params.get(k, v) != v]
+    return f"{kv['method']} ({', '.join(changed)})" if changed else kv["method"]
+
+
+def traces(paths, task: str | None = None, sample: int = 0) -> list[dict]:
+    """For every results file under `paths` whose folder holds samples of `task` (the first task found if None)
+    with traces: {label, footprint, peak, points} of its sample with doc_id `sample`."""
+    found = []
+    for results_path in scoring.find_result_files(paths):
+        kv = json.loads(results_path.read_text()).get("config", {}).get("kvbench")
+        if not kv:
+            continue
+        for samples_path in sorted(results_path.parent.glob("samples_*.jsonl")):
+            name = samples_path.stem.removeprefix("samples_")
+            if task is not None and not name.startswith(task):
+                continue
+            for line in samples_path.read_text().splitlines():
+                row = json.loads(line)
+                if row.get("doc_id") == sample and row.get("kv_trace"):
+                    found.append({"label": _run_label(kv), "task": row.get("doc", {}).get("task", name),
+                                  "footprint": row["kv_footprint"], "peak": row["kv_peak"], "points": row["kv_trace"]})
+                    task = task or name
+                    break
+    if not found:
+        raise ValueError("no traced samples found: run with trace=true in --model_args (lm_eval: and --log_samples)")
+    return sorted(found, key=lambda t: t["label"])
+
+
+def trace_figure(paths, task: str | None = None, sample: int = 0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kvbench.leaderboard import styles
+
+    runs = traces(paths, task, sample)
+    style = styles([run["label"] for run in runs])
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for run in runs:
+        xs, ys, held = [0], [0.0], 0.0
+        for point in run["points"]:  # a chunk's tokens are appended one after another, then the method evicts
+            start = point["tokens"] - point["new"]
+            xs += [start, point["tokens"], point["tokens"]]
+            ys += [held, point["held_peak"], point["held"]]
+            held = point["held"]
+        peak = max(run["points"], key=lambda p: p["held_peak"])
+        line_style = {k: v for k, v in style[run["label"]].items() if not k.startswith("marker")}
+        label = f"{run['label']}: footprint {100 * run['footprint']:.0f}%, peak {100 * run['peak']:.0f}%"
+        [line] = ax.plot(xs, ys, label=label, **line_style)
+        ax.fill_between(xs, ys, alpha=0.08, color=line.get_color())
+        ax.plot([peak["tokens"]], [peak["held_peak"]], marker=style[run["label"]]["marker"], markersize=10,
+                markerfacecolor="none", markeredgewidth=1.5, color=line.get_color())
+    ax.set(title=f"KV held over one request ({runs[0]['task']}, sample {sample}); marker: the peak",
+           xlabel="tokens processed", ylabel="KV entries held (per layer and KV head)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ---- several thresholds ----
+
+# Ranks: by critical footprint ("<x" counts as x, at most), every ">" (never reached) after every other.
+
+def threshold_table(runs, thresholds: list[float]) -> list[dict]:
+    """One row per (group, category, method): its critical footprint and rank at each threshold."""
+    table: dict = {}
+    for threshold in thresholds:
+        for board in scoring.score_runs(runs, threshold):
+            for category, cb in board.categories.items():
+                order = {m: (c.mark == ">", round(c.value, 9)) for m, c in cb.critical.items()}
+                for method, critical in cb.critical.items():
+                    rank = 1 + sum(other < order[method] for other in order.values())  # ties share a rank
+                    key = (board.model, board.context_length, board.chunk_size, category, method)
+                    row = table.setdefault(key, {"model": board.model, "context_length": board.context_length,
+                                                 "chunk_size": board.chunk_size, "category": category,
+                                                 "method": method, "critical": {}, "rank": {}})
+                    row["critical"][f"{threshold:g}"] = str(critical)
+                    row["rank"][f"{threshold:g}"] = rank
+    rows = list(table.values())
+    for row in rows:
+        row["rank_changes"] = len(set(row["rank"].values())) > 1
+    return rows
+
+
+def threshold_markdown(rows: list[dict], thresholds: list[float]) -> str:
+    names = [f"{t:g}" for t in thresholds]
+    lines = [f"Critical KV footprint at {', '.join(names)} x full attention's score, and each method's rank "
+             "(1 = the smallest footprint); ↕ marks a method whose rank changes with the threshold.", ""]
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["model"], row["context_length"], row["chunk_size"], row["category"])].append(row)
+    for (model, length, chunk, category), members in groups.items():
+        lines += [f"### {model}, context {length}, chunk {chunk}: {category}", "",
+                  "| method | " + " | ".join(f"{n} x full (rank)" for n in names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for row in sorted(members, key=lambda r: r["rank"].get(names[len(names) // 2], 99)):
+            cells = [f"{row['critical'].get(n, '—')} ({row['rank'].get(n, '—')})" for n in names]
+            lines.append(f"| {row['method']}{' ↕' if row['rank_changes'] else ''} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---- chunk sizes ----
+
+
+def chunk_curves(runs, threshold: float) -> dict:
+    """{(model, context length, category): {method: [(chunk size, Critical), ...]}} from runs at several chunk sizes."""
+    curves: dict = defaultdict(lambda: defaultdict(list))
+    for board in scoring.score_runs(runs, threshold):
+        for category, cb in board.categories.items():
+            for method, critical in cb.critical.items():
+                curves[(board.model, board.context_length, category)][method].append((board.chunk_size, critical))
+    return {key: {m: sorted(points, key=lambda p: p[0]) for m, points in methods.items()}
+            for key, methods in curves.items()}
+
+
+def chunks_figure(runs, threshold: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kvbench.leaderboard import styles
+
+    curves = chunk_curves(runs, threshold)
+    if not curves:
+        raise ValueError("nothing to plot: no scored runs")
+    style = styles(sorted({m for methods in curves.values() for m in methods}))
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 4.2), squeeze=False)
+    for ax, ((model, length, category), methods) in zip(axes[0], sorted(curves.items()), strict=True):
+        for method, points in methods.items():
+            ax.plot([c for c, _ in points], [100 * crit.value for _, crit in points], **style[method])
+            for chunk, crit in points:  # ">": never reached (drawn at its largest run), "<": at most this
+                if crit.mark:
+                    ax.annotate(crit.mark, (chunk, 100 * crit.value), textcoords="offset points", xytext=(4, 2),
+                                fontsize="x-small")
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"{category} — {model.rsplit('/', 1)[-1]}, context {length}", xlabel="prefill chunk size (tokens)",
+               ylabel=f"critical KV footprint at {threshold:g} x full (%)")
+    handles = [plt.Line2D([], [], label=m, **style[m]) for m in style]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(style), 4), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(style) - 1) // 4), 1, 1))
+    return fig
+
+
+# ---- measured memory and speed against the idealised footprint ----
+
+
+def memory_points(paths) -> list[dict]:
+    """One point per (results file, task): the idealised footprint and peak, the measured peak bytes (the mean
+    over the task's requests of each request's largest physical KV), and the run's tokens per second."""
+    points = []
+    for path in scoring.find_result_files(paths):
+        kv = json.loads(path.read_text()).get("config", {}).get("kvbench")
+        if not kv:
+            continue
+        for task, tally in kv.get("tasks", {}).items():
+            points.append({"label": kv["method"], "task": task, "footprint": tally["kv_footprint"],
+                           "peak": tally["kv_peak"], "peak_bytes": tally["kv_peak_bytes"],
+                           "tokens_per_second": kv.get("tokens_per_second")})
+    if len(points) < 2:
+        raise ValueError("need at least two results (a settings sweep) to relate measured to idealised figures")
+    return points
+
+
+def correlation(xs, ys) -> float:
+    import numpy
+
+    return float(numpy.corrcoef(xs, ys)[0, 1])
+
+
+def memory_figure(paths):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kvbench.leaderboard import styles
+
+    points = memory_points(paths)
+    style = styles(sorted({p["label"] for p in points}))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    panels = ((left, "peak", "peak_bytes", 2**20, "idealised peak (entries held at once, % of tokens)",
+               "measured peak KV memory (MiB, mean per request)"),
+              (right, "footprint", "tokens_per_second", 1, "idealised KV footprint (%)",
+               "measured tokens per second (whole run)"))
+    for ax, x_key, y_key, scale, x_label, y_label in panels:
+        chosen = [p for p in points if p[y_key] is not None]
+        for label in style:
+            mine = [p for p in chosen if p["label"] == label]
+            ax.plot([100 * p[x_key] for p in mine], [p[y_key] / scale for p in mine], linestyle="none",
+                    label=label, **{k: v for k, v in style[label].items() if k != "linestyle"})
+        r = correlation([p[x_key] for p in chosen], [p[y_key] for p in chosen])
+        ax.set(xlabel=x_label, ylabel=y_label, title=f"Pearson r = {r:.2f} over {len(chosen)} (setting, task) points")
+    handles = [plt.Line2D([], [], label=m, linestyle="none", **{k: v for k, v in style[m].items() if k != "linestyle"})
+               for m in style]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(style), 5), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(style) - 1) // 5), 1, 1))
+    return fig
+
+
+def save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
