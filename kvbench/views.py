@@ -21,9 +21,13 @@ from kvbench import scoring
 
 
 def _run_label(kv: dict) -> str:
-    """The method and the parameters it runs with that differ from its defaults: "snapkv (keep=0.1, ...)"."""
+    """The method and the parameters it runs with that differ from its defaults: "snapkv (keep=0.1, ...)". The
+    schedule is always named, since post-fill and chunked runs of one method are the figure's contrast."""
     params = scoring._with_defaults(kv["method"], {})
-    changed = [f"{k}={v}" for k, v in kv.get("method_params", {}).items() if params.get(k, v) != v]
+    given = kv.get("method_params", {})
+    changed = [f"{k}={v}" for k, v in given.items() if params.get(k, v) != v or k == "schedule"]
+    if "schedule" in params and "schedule" not in given:
+        changed.insert(0, f"schedule={params['schedule']}")
     return f"{kv['method']} ({', '.join(changed)})" if changed else kv["method"]
 
 
@@ -61,8 +65,8 @@ def trace_figure(paths, task: str | None = None, sample: int = 0):
 
     runs = traces(paths, task, sample)
     style = styles([run["label"] for run in runs])
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    for run in runs:
+    fig, ax = plt.subplots(figsize=(9, 5.5 + 0.25 * len(runs)))
+    for order, run in enumerate(runs):
         xs, ys, held = [0], [0.0], 0.0
         for point in run["points"]:  # a chunk's tokens are appended one after another, then the method evicts
             start = point["tokens"] - point["new"]
@@ -72,13 +76,16 @@ def trace_figure(paths, task: str | None = None, sample: int = 0):
         peak = max(run["points"], key=lambda p: p["held_peak"])
         line_style = {k: v for k, v in style[run["label"]].items() if not k.startswith("marker")}
         label = f"{run['label']}: footprint {100 * run['footprint']:.0f}%, peak {100 * run['peak']:.0f}%"
-        [line] = ax.plot(xs, ys, label=label, **line_style)
+        # Lines drawn later are thinner and on top, so a line that coincides with an earlier one (full and
+        # post-fill over the whole prefill) shows as a thin line inside a thick one, both visible.
+        width = 1.2 + 3.6 * (len(runs) - 1 - order) / max(len(runs) - 1, 1)
+        [line] = ax.plot(xs, ys, label=label, linewidth=width, zorder=2 + order, **line_style)
         ax.fill_between(xs, ys, alpha=0.08, color=line.get_color())
         ax.plot([peak["tokens"]], [peak["held_peak"]], marker=style[run["label"]]["marker"], markersize=10,
                 markerfacecolor="none", markeredgewidth=1.5, color=line.get_color())
     ax.set(title=f"KV held over one request ({runs[0]['task']}, sample {sample}); marker: the peak",
            xlabel="tokens processed", ylabel="KV entries held (per layer and KV head)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -158,14 +165,19 @@ def chunks_figure(runs, threshold: float):
             ax.plot([c for c, _ in points], [100 * crit.value for _, crit in points], **style[method])
             for chunk, crit in points:  # ">": never reached (drawn at its largest run), "<": at most this
                 if crit.mark:
-                    ax.annotate(crit.mark, (chunk, 100 * crit.value), textcoords="offset points", xytext=(4, 2),
-                                fontsize="x-small")
+                    ax.annotate(crit.mark, (chunk, 100 * crit.value), textcoords="offset points", xytext=(5, 2),
+                                fontsize="small")
+        chunk_sizes = sorted({c for points in methods.values() for c, _ in points})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(chunk_sizes, [str(c) for c in chunk_sizes])  # the sizes tried, written out, not as 2^k
+        ax.minorticks_off()
         ax.set(title=f"{category} — {model.rsplit('/', 1)[-1]}, context {length}", xlabel="prefill chunk size (tokens)",
                ylabel=f"critical KV footprint at {threshold:g} x full (%)")
     handles = [plt.Line2D([], [], label=m, **style[m]) for m in style]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(style), 4), fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.06 * (1 + (len(style) - 1) // 4), 1, 1))
+    handles.append(plt.Line2D([], [], linestyle="none", label="<: passed at its smallest run;  >: never reached "
+                              "(drawn at its largest run)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 5), 1, 1))
     return fig
 
 
