@@ -1,6 +1,6 @@
 """kvbench: how many KVs does a long-context model really need? Measured, not assumed."""
 
-from kvbench.engine import Generation, generate
+from kvbench.engine import Generation, generate, generate_many
 from kvbench.method import KeepView, Method, ModelShape, Phase, ScoreMethod
 from kvbench.plugins import hookimpl, list_methods, load_method
 
@@ -14,6 +14,7 @@ __all__ = [
     "Phase",
     "ScoreMethod",
     "generate",
+    "generate_many",
     "hookimpl",
     "list_methods",
     "load_method",

@@ -3,10 +3,15 @@
 One sequence at a time: padding a batch would inflate the cache and the footprint it reports.
 Every forward passes the tokens' true positions, since after eviction the number of entries held
 is no longer the position of the next token.
+
+Query-aware (the default) prefills the whole prompt, question included. Query-agnostic (`question_start`)
+prefills and evicts the context alone, as a cache built before the question is known, then feeds the question
+against what was kept; `generate_many` asks several questions of one such context, each from its own copy of it.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from kvbench.ledger import FootprintStats, Ledger
 from kvbench.method import Method, ModelShape, Phase
 
 DEFAULT_CHUNK_SIZE = 32768
+QUERY_MODES = ("aware", "agnostic")  # the question prefilled with its context, or fed after the context's eviction
 
 
 @dataclass
@@ -49,66 +55,132 @@ def generate(
     return_logits: bool = False,
     stop_token_ids: Sequence[int] = (),
     trace: bool = False,
+    question_start: int | None = None,
 ) -> Generation:
     """Greedy generation with `method` managing the KV cache; footprint measured from the cache that ran.
 
     Generation ends at an end-of-sequence token (left out of the text), at a stop string (the text is cut before
     it) or at one of `stop_token_ids` (kept in the text: HELMET's newline stop).
+
+    `question_start`: the prompt's token index where the question begins, for query-agnostic evaluation: the
+    tokens before it are prefilled (chunked) and evicted as a whole prompt would be, so nothing kept depends on
+    the question, and the question is then fed against what was kept (see `feed`). None: query-aware.
     """
-    from kvbench.methods.full import Full  # the default; the engine names no other method
-
-    method = method if method is not None else Full()
     ids = _prompt_ids(prompt, tokenizer)
-    _check_request(model, ids, chunk_size, max_new_tokens, attn, stop, tokenizer)
-    shape = ModelShape.from_config(model.config)
-    _check_positions(shape, len(ids), max_new_tokens)
-    method.bind(shape)
-    cache = KVCache(shape, method, Ledger(shape.num_layers, shape.num_kv_heads, trace=trace), attn_kernel=attn)
-    eos = _eos_ids(model, tokenizer, eos_token_id)
-    device = model.device
-    ids = ids.to(device)
-
-    generated: list[int] = []
-    all_logits: list[torch.Tensor] = []
-    finish_reason = "length"
-    decode_steps = 0
+    options = dict(tokenizer=tokenizer, chunk_size=chunk_size, max_new_tokens=max_new_tokens, stop=stop,
+                   eos_token_id=eos_token_id, attn=attn, return_logits=return_logits,
+                   stop_token_ids=stop_token_ids, trace=trace)
+    if question_start is not None:
+        if not isinstance(question_start, int) or not 0 < question_start < len(ids):
+            raise ValueError(f"question_start must be a token index within the prompt (1..{len(ids) - 1}: a "
+                             f"context and a question of at least one token each); got {question_start!r}")
+        return generate_many(model, ids[:question_start], [ids[question_start:]], method, **options)[0]
+    run = _Request(model, method, len(ids), **options)
+    ids = ids.to(run.device)
     with kvbench_attention(model), torch.inference_mode():
-        logits = prefill(model, cache, ids, chunk_size)
-        while len(generated) < max_new_tokens:
-            if return_logits:
+        logits = prefill(model, run.cache, ids, chunk_size)
+        return run.decode(model, run.cache, logits, prompt_tokens=len(ids), fed_steps=0)
+
+
+def generate_many(
+    model,
+    context: Sequence[int] | torch.Tensor,
+    questions: Sequence[Sequence[int] | torch.Tensor],
+    method: Method | None = None,
+    **options,
+) -> list[Generation]:
+    """Query-agnostic answers to several questions about one context: the context is prefilled and evicted once,
+    and each question is fed, then answered, on its own copy of the kept cache (one answer never sees another).
+    Options as `generate`'s.
+
+    Footprint: each question's figures are those of its own request (context + question + answer), except that
+    the context's prefill counts once for all of them, as a cached prefix would: its active entries, and full
+    attention's for it, are shared equally among the questions (`Ledger.share_prefix`). With one question they are
+    exactly a query-agnostic `generate`'s. Peaks are each question's own.
+    """
+    context_ids = _prompt_ids(context, None)
+    question_ids = [_prompt_ids(q, None) for q in questions]
+    if not question_ids:
+        raise ValueError("generate_many needs at least one question")
+    run = _Request(model, method, len(context_ids) + max(len(q) for q in question_ids), **options)
+    context_ids = context_ids.to(run.device)
+    results = []
+    with kvbench_attention(model), torch.inference_mode():
+        prefill(model, run.cache, context_ids, run.chunk_size)
+        run.cache.ledger.share_prefix(len(context_ids), len(question_ids))
+        for question in question_ids:
+            cache = copy.deepcopy(run.cache)  # the kept context, and the method's state with it
+            question = question.to(run.device)
+            logits = feed(model, cache, question, len(context_ids), 0)[-1]
+            results.append(run.decode(model, cache, logits, prompt_tokens=len(context_ids) + len(question),
+                                      fed_steps=len(question)))
+    return results
+
+
+class _Request:
+    """What one request's prefill and decoding share: the checked options, the method, the cache."""
+
+    def __init__(self, model, method, prompt_tokens, *, tokenizer=None, chunk_size=DEFAULT_CHUNK_SIZE,
+                 max_new_tokens=32, stop=(), eos_token_id=None, attn="sdpa", return_logits=False,
+                 stop_token_ids=(), trace=False):
+        from kvbench.methods.full import Full  # the default; the engine names no other method
+
+        _check_request(model, chunk_size, max_new_tokens, attn, stop, tokenizer)
+        shape = ModelShape.from_config(model.config)
+        _check_positions(shape, prompt_tokens, max_new_tokens)
+        self.method = method if method is not None else Full()
+        self.method.bind(shape)
+        self.cache = KVCache(shape, self.method, Ledger(shape.num_layers, shape.num_kv_heads, trace=trace),
+                             attn_kernel=attn)
+        self.tokenizer, self.chunk_size, self.max_new_tokens, self.stop = tokenizer, chunk_size, max_new_tokens, stop
+        self.eos = _eos_ids(model, tokenizer, eos_token_id)
+        self.return_logits, self.stop_token_ids, self.trace = return_logits, stop_token_ids, trace
+        self.device = model.device
+
+    def decode(self, model, cache: KVCache, logits, prompt_tokens: int, fed_steps: int) -> Generation:
+        """Greedy decoding from the prompt's last logits. `fed_steps`: decode steps already taken (a
+        query-agnostic question's tokens), which number the phases that follow."""
+        generated: list[int] = []
+        all_logits: list[torch.Tensor] = []
+        finish_reason = "length"
+        decode_steps = 0
+        while len(generated) < self.max_new_tokens:
+            if self.return_logits:
                 all_logits.append(logits.float().cpu())
             token = int(logits.argmax())
             generated.append(token)
-            if token in eos:
+            if token in self.eos:
                 finish_reason = "eos"
                 break
-            if token in stop_token_ids:
+            if token in self.stop_token_ids:
                 finish_reason = "stop"
                 break
-            if stop and _first_stop(tokenizer.decode(generated, skip_special_tokens=True), stop) is not None:
+            so_far = self.tokenizer.decode(generated, skip_special_tokens=True) if self.stop else ""
+            if self.stop and _first_stop(so_far, self.stop) is not None:
                 finish_reason = "stop"
                 break
-            if len(generated) == max_new_tokens:
+            if len(generated) == self.max_new_tokens:
                 break
-            step = torch.tensor([token], device=device)
-            logits = forward_step(model, cache, step, len(ids) + decode_steps, Phase(True, decode_steps))
+            step = torch.tensor([token], device=self.device)
+            logits = forward_step(model, cache, step, prompt_tokens + decode_steps,
+                                  Phase(True, fed_steps + decode_steps))
             decode_steps += 1
 
-    text = None
-    if tokenizer is not None:
-        text = tokenizer.decode([t for t in generated if t not in eos], skip_special_tokens=True)
-        cut = _first_stop(text, stop)
-        text = text if cut is None else text[:cut]
-    return Generation(
-        token_ids=generated,
-        text=text,
-        stats=cache.ledger.stats(tokens=len(ids) + decode_steps),
-        prompt_tokens=len(ids),
-        decode_steps=decode_steps,
-        finish_reason=finish_reason,
-        logits=all_logits,
-        trace=cache.ledger.trace.all_points if trace else None,
-    )
+        text = None
+        if self.tokenizer is not None:
+            text = self.tokenizer.decode([t for t in generated if t not in self.eos], skip_special_tokens=True)
+            cut = _first_stop(text, self.stop)
+            text = text if cut is None else text[:cut]
+        return Generation(
+            token_ids=generated,
+            text=text,
+            stats=cache.ledger.stats(tokens=prompt_tokens + decode_steps),
+            prompt_tokens=prompt_tokens,
+            decode_steps=decode_steps,
+            finish_reason=finish_reason,
+            logits=all_logits,
+            trace=cache.ledger.trace.all_points if self.trace else None,
+        )
 
 
 @dataclass
@@ -148,7 +220,7 @@ def score_continuation(
     if context_ids.numel() == 0:
         raise ValueError("the context is empty: the first continuation token has nothing to be predicted from")
     fed = target[:-1]  # the last continuation token is predicted, never fed
-    _check_request(model, context_ids, chunk_size, 0, attn, (), None)
+    _check_request(model, chunk_size, 0, attn, (), None)
     shape = ModelShape.from_config(model.config)
     _check_positions(shape, len(context_ids) + len(fed), 0)
     method.bind(shape)
@@ -157,15 +229,8 @@ def score_continuation(
     context_ids, fed, target = context_ids.to(device), fed.to(device), target.to(device)
     with kvbench_attention(model), torch.inference_mode():
         pieces = [prefill(model, cache, context_ids, chunk_size)[None]]
-        if len(fed) and method.evicts_while_decoding():
-            for step, token in enumerate(fed):
-                pieces.append(forward_step(model, cache, token[None], len(context_ids) + step, Phase(True, step))[None])
-        elif len(fed):
-            held = cache.num_held
-            pieces.append(forward_step(model, cache, fed, len(context_ids), Phase(True, 0), all_logits=True))
-            if cache.num_held != held + len(fed) * shape.num_layers * shape.num_kv_heads:
-                raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
-                                 "says it never does; a continuation would be scored wrongly")
+        if len(fed):
+            pieces.append(feed(model, cache, fed, len(context_ids), 0))
     logits = torch.cat(pieces).float()
     logprobs = logits.log_softmax(dim=-1).gather(1, target[:, None])[:, 0]
     return Scoring(
@@ -194,6 +259,23 @@ def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int) -> torch.
         if tail:
             positions = torch.cat([positions, torch.arange(len(ids) - tail, len(ids), device=ids.device)])
         logits = forward_step(model, cache, tokens, positions, Phase(False, index, num_chunks), scoring=tail)
+    return logits
+
+
+def feed(model, cache: KVCache, tokens: torch.Tensor, position: int, first_step: int) -> torch.Tensor:
+    """Feed known tokens (a scored continuation, a query-agnostic question) after the prompt, as decode steps
+    against what the cache kept; the logits after each, [n, vocab]. Token by token when the method may evict while
+    decoding; else in one forward, which gives the same logits and footprint in far fewer steps (checked: a
+    method that evicts there after saying it never does is refused)."""
+    method = cache.method
+    if method.evicts_while_decoding():
+        return torch.stack([forward_step(model, cache, token[None], position + step, Phase(True, first_step + step))
+                            for step, token in enumerate(tokens)])
+    held = cache.num_held
+    logits = forward_step(model, cache, tokens, position, Phase(True, first_step), all_logits=True)
+    if cache.num_held != held + len(tokens) * cache.shape.num_layers * cache.shape.num_kv_heads:
+        raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
+                         "says it never does; fed tokens would be scored wrongly")
     return logits
 
 
@@ -244,7 +326,7 @@ def _prompt_ids(prompt, tokenizer) -> torch.Tensor:
     return ids
 
 
-def _check_request(model, ids, chunk_size, max_new_tokens, attn, stop, tokenizer) -> None:
+def _check_request(model, chunk_size, max_new_tokens, attn, stop, tokenizer) -> None:
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer (1 or more tokens per prefill chunk); got {chunk_size!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:

@@ -14,10 +14,10 @@ import io
 import json
 from importlib import resources
 
-from kvbench.scoring import GroupBoard
+from kvbench.scoring import GroupBoard, split_label
 
-COLUMNS = ("source", "model", "context_length", "chunk_size", "category", "method", "critical_footprint", "mark",
-           "critical", "peak_at_critical", "peak_bytes_at_critical", "baseline_score", "threshold")
+COLUMNS = ("source", "model", "context_length", "chunk_size", "category", "method", "query", "critical_footprint",
+           "mark", "critical", "peak_at_critical", "peak_bytes_at_critical", "baseline_score", "threshold")
 
 
 def reported_table() -> dict:
@@ -29,9 +29,10 @@ def rows(boards: list[GroupBoard], threshold: float, reported: bool = False) -> 
     out = []
     for board in boards:
         for category, cb in board.categories.items():
-            for method, c in sorted(cb.critical.items()):
+            for label, c in sorted(cb.critical.items()):
+                method, query = split_label(label)
                 out.append({"source": "measured", "model": board.model, "context_length": board.context_length,
-                            "chunk_size": board.chunk_size, "category": category, "method": method,
+                            "chunk_size": board.chunk_size, "category": category, "method": method, "query": query,
                             "critical_footprint": c.value, "mark": c.mark, "critical": str(c),
                             "peak_at_critical": c.peak, "peak_bytes_at_critical": c.peak_bytes,
                             "baseline_score": cb.baseline, "threshold": threshold})
@@ -42,21 +43,29 @@ def rows(boards: list[GroupBoard], threshold: float, reported: bool = False) -> 
                 mark = value[0] if value[0] in "<>" else ""
                 out.append({"source": "reported (arXiv 2506.17121, Table 2)", "model": paper["model"],
                             "context_length": paper["context_length"], "chunk_size": paper["chunk_size"],
-                            "category": category, "method": method,
+                            "category": category, "method": method, "query": "aware",
                             "critical_footprint": float(value.lstrip("<>")) / 100, "mark": mark,
                             "critical": f"{value}%", "peak_at_critical": None, "peak_bytes_at_critical": None,
                             "baseline_score": None, "threshold": paper["threshold"]})
     return out
 
 
-def _wide(table: list[dict]) -> tuple[list[str], dict]:
-    """Method rows x category columns per (source, group), as the paper's Table 2."""
+def _wide(table: list[dict]) -> tuple[list[tuple[str, str]], dict]:
+    """Method rows x category columns per (source, group), as the paper's Table 2. Columns are (category, query
+    mode): with query-agnostic runs, a pair per category, the two modes side by side."""
     categories = list(dict.fromkeys(r["category"] for r in table))
+    columns = sorted({(r["category"], r["query"]) for r in table},  # categories in table order, aware first
+                     key=lambda c: (categories.index(c[0]), c[1] != "aware", c[1]))
     grid: dict = {}
     for r in table:
         group = (r["source"], r["model"], r["context_length"], r["chunk_size"])
-        grid.setdefault(group, {}).setdefault(r["method"], {})[r["category"]] = r
-    return categories, grid
+        grid.setdefault(group, {}).setdefault(r["method"], {})[(r["category"], r["query"])] = r
+    return columns, grid
+
+
+def _column_name(column: tuple[str, str], columns: list[tuple[str, str]]) -> str:
+    category, query = column
+    return f"{category} ({query})" if any(q != "aware" for _, q in columns) else category
 
 
 def _peaks(row: dict | None) -> str:
@@ -74,19 +83,23 @@ def _bytes(count: float) -> str:
 
 
 def to_markdown(table: list[dict], threshold: float) -> str:
-    categories, grid = _wide(table)
+    columns, grid = _wide(table)
     lines = [f"Critical KV footprint: the smallest KV footprint (% of full attention's) keeping "
              f"{threshold:g} x full attention's score; `>` never reached, `<` the smallest run passed. "
              "Then the peak at that footprint: entries held at once (% of the tokens) / physical KV bytes.", ""]
+    if any(query != "aware" for _, query in columns):
+        lines += ["(aware): the question prefilled with its context; (agnostic): the context prefilled and evicted "
+                  "before the question is known (query=agnostic).", ""]
+    names = [_column_name(c, columns) for c in columns]
     for (source, model, context_length, chunk_size), methods in grid.items():
         peaks = source == "measured"
-        header = categories + ([f"{c} peak" for c in categories] if peaks else [])
+        header = names + ([f"{name} peak" for name in names] if peaks else [])
         lines += [f"### {model}, context {context_length}, chunk {chunk_size} ({source})", "",
                   "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for method, cells in methods.items():
             name = f"{method} (reported)" if source != "measured" else method
-            values = [cells[c]["critical"] if c in cells else "—" for c in categories]
-            values += [_peaks(cells.get(c)) for c in categories] if peaks else []
+            values = [cells[c]["critical"] if c in cells else "—" for c in columns]
+            values += [_peaks(cells.get(c)) for c in columns] if peaks else []
             lines.append(f"| {_md(name)} | " + " | ".join(values) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -174,7 +187,7 @@ def plot(boards: list[GroupBoard], path_or_buffer, threshold: float) -> None:
 
 def to_html(table: list[dict], boards: list[GroupBoard], threshold: float) -> str:
     """One self-contained page: a table sortable by clicking a header, the plots embedded as PNG data."""
-    shown = ("source", "model", "context_length", "chunk_size", "category", "method", "critical",
+    shown = ("source", "model", "context_length", "chunk_size", "category", "method", "query", "critical",
              "peak_at_critical", "peak_bytes_at_critical", "baseline_score")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
     body = []

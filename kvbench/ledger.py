@@ -80,6 +80,17 @@ class Ledger:
         self.entries_now = self.peak_entries = 0
         self.trace = Trace() if trace else None
         self._step = {"new": 0, "active": 0.0, "weight": 1.0, "bytes_peak": 0}
+        self._shared = (0.0, 0.0)  # the shared prefix's active entries and full attention's, not counted here
+
+    def share_prefix(self, tokens: int, sharers: int) -> None:
+        """The request so far (a prefix of `tokens` tokens) is shared by `sharers` requests, each continuing from
+        a copy of this ledger: each counts 1/sharers of the prefix's active entries, and of full attention's for
+        it, so that over all of them the prefix counts once. With one sharer nothing changes."""
+        if sharers < 1:
+            raise ValueError(f"a shared prefix needs at least one request; got {sharers}")
+        share = 1 - 1 / sharers
+        prefix_active = sum(sum(row) for row in self.active) / self.num_heads_total
+        self._shared = (share * prefix_active, share * tokens * (tokens + 1) / 2)
 
     def record_step(self, layer: int, heads: list[int], held_before: int, new: int, weight: float = 1.0) -> None:
         """`new` tokens attend over `held_before` entries in each of `heads` (weight: bytes vs the model dtype)."""
@@ -112,10 +123,11 @@ class Ledger:
             self._step["bytes_peak"] = max(self._step["bytes_peak"], self.bytes_now)
 
     def stats(self, tokens: int) -> FootprintStats:
-        full = tokens * (tokens + 1) / 2
-        total = sum(sum(row) for row in self.active)
+        not_mine, full_not_mine = self._shared
+        full = tokens * (tokens + 1) / 2 - full_not_mine
+        total = sum(sum(row) for row in self.active) / self.num_heads_total - not_mine
         return FootprintStats(
-            kv_footprint=total / self.num_heads_total / full,
+            kv_footprint=total / full,
             kv_peak=self.peak_mean_held / tokens,
             kv_peak_bytes=self.peak_bytes,
             kv_entries=self.peak_entries,

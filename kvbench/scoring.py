@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BASELINE = "full"
+AGNOSTIC = " [query-agnostic]"  # ends the curve label of a setting run query-agnostic (query=agnostic)
 # What guessing scores on kvbench's tasks where it is above 0 (ICL: one label in n); a baseline no better than
 # this is refused. Other tasks: 0 (a baseline of 0 is refused everywhere).
 CHANCE = {"kvbench_icl_trec_coarse": 1 / 6, "kvbench_icl_trec_fine": 1 / 50, "kvbench_icl_banking77": 1 / 77,
@@ -52,6 +53,7 @@ class Run:
     params: dict
     chunk_size: int
     knob: str | None = None  # the parameter a sweep varied, when the file records it
+    query: str = "aware"  # the backend's query mode (files from before it was recorded ran query-aware)
     tasks: list[TaskResult] = field(default_factory=list)
 
 
@@ -141,7 +143,7 @@ def read_run(path, categories: dict[str, str]) -> Run:
     method = str(kv["method"])
     knob = data["config"].get("kvbench_sweep", {}).get("knob")
     run = Run(str(path), str(kv["model"]), method, _with_defaults(method, dict(kv.get("method_params", {}))),
-              int(kv["chunk_size"]), knob)
+              int(kv["chunk_size"]), knob, str(kv.get("query", "aware")))
     configs = data.get("configs", {})
     sources = kv.get("data", {})  # the length the task ran at, also when it followed the model's (no --metadata)
     for task, footprint in kv["tasks"].items():
@@ -211,25 +213,32 @@ def critical_footprint(points: list[tuple[float, float]], target: float,
 
 # ---- the board ----
 #
-# A *setting* is one method with all its parameters fixed: one point of its curve. A sweep writes one file per
-# (setting, task), a plain lm_eval run one file per setting with all its tasks; either way a setting's point in a
-# category is the mean over the category's tasks, and only over the tasks its baseline ran too.
+# A *setting* is one method with all its parameters fixed, in one query mode: one point of its curve. A sweep
+# writes one file per (setting, task), a plain lm_eval run one file per setting with all its tasks; either way a
+# setting's point in a category is the mean over the category's tasks, and only over the tasks its baseline ran.
 
-SettingKey = tuple[str, str]  # (method, its parameters as canonical JSON)
+SettingKey = tuple[str, str, str]  # (method, its parameters as canonical JSON, query mode)
 
 
 def setting_key(run: Run) -> SettingKey:
-    return run.method, json.dumps(run.params, sort_keys=True, default=str)
+    return run.method, json.dumps(run.params, sort_keys=True, default=str), run.query
 
 
 def _describe(key: SettingKey) -> str:
     params = ", ".join(f"{k}={v}" for k, v in json.loads(key[1]).items())
-    return f"{key[0]}({params})"
+    return f"{key[0]}({params})" + (f" query={key[2]}" if key[2] != "aware" else "")
 
 
-def baseline_key() -> SettingKey:
-    """`full` at its default parameters (16-bit KV): full attention with kv_bits 8 or 4 is a curve like any other."""
-    return BASELINE, json.dumps(_with_defaults(BASELINE, {}), sort_keys=True, default=str)
+def baseline_key(query: str = "aware") -> SettingKey:
+    """`full` at its default parameters (16-bit KV): full attention with kv_bits 8 or 4 is a curve like any other.
+    Full attention keeps everything, so it gives the same logits in both query modes: either mode's run is the
+    baseline of both (query-aware's when there are both)."""
+    return BASELINE, json.dumps(_with_defaults(BASELINE, {}), sort_keys=True, default=str), query
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """A curve label -> (the label without its mode, the query mode)."""
+    return (label.removesuffix(AGNOSTIC), "agnostic") if label.endswith(AGNOSTIC) else (label, "aware")
 
 
 def curve_labels(runs: list[Run]) -> dict[SettingKey, str]:
@@ -242,10 +251,10 @@ def curve_labels(runs: list[Run]) -> dict[SettingKey, str]:
     base = baseline_key()
     for run in runs:
         key = setting_key(run)
-        if key != base:
+        if key[:2] != base[:2]:
             settings[run.method][key] = run.params
             knobs[key].update([run.knob] if run.knob else [])
-    labels = {base: BASELINE}
+    labels = {base: BASELINE, baseline_key("agnostic"): BASELINE}
     for method, params in settings.items():
         varying = sorted({k for p in params.values() for k in p
                           if len({repr(other.get(k)) for other in params.values()}) > 1})
@@ -256,14 +265,15 @@ def curve_labels(runs: list[Run]) -> dict[SettingKey, str]:
         for key, p in params.items():
             # None marks the unused alternative (snapkv's budget when it runs by keep): nothing to tell apart
             fixed = [f"{k}={p.get(k)}" for k in varying if k != knob_of[key] and p.get(k) is not None]
-            curves[(*fixed, f"by {knob_of[key]}") if named_knob else tuple(fixed)].append(key)
+            curves[(*fixed, f"by {knob_of[key]}") if named_knob else tuple(fixed), key[2]].append(key)
         default = json.loads(base[1])
-        for fixed, keys in curves.items():
+        for (fixed, query), keys in curves.items():
             if method == BASELINE:  # "full" alone would read as the baseline: name what differs from it
                 named = {f.split("=")[0] for f in fixed}
                 for name in sorted({k for key in keys for k, v in params[key].items() if v != default.get(k)} - named):
                     fixed += (f"{name}=" + "/".join(sorted({str(params[key].get(name)) for key in keys})),)
-            labels.update(dict.fromkeys(keys, f"{method} ({', '.join(fixed)})" if fixed else method))
+            label = f"{method} ({', '.join(fixed)})" if fixed else method
+            labels.update(dict.fromkeys(keys, label + (AGNOSTIC if query == "agnostic" else "")))
     return labels
 
 
@@ -310,6 +320,10 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Gr
         board = GroupBoard(model, context_length, chunk_size, {})
         for category, settings in sorted(categories.items()):
             where = f"{board.name}, category {category!r}"
+            if base not in settings and baseline_key("agnostic") in settings:
+                settings[base] = settings.pop(baseline_key("agnostic"))  # the same logits in both modes
+                params_of[base] = params_of[baseline_key("agnostic")]
+            settings.pop(baseline_key("agnostic"), None)  # with both, the query-aware run is the baseline
             if base not in settings:
                 raise ValueError(f"no baseline: group {board.name} has no run of method '{BASELINE}' at its default "
                                  f"parameters for category {category!r} (run `full` with the same model, context "

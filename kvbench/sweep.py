@@ -19,6 +19,7 @@ The config (see examples/sweep_tiny.yaml, examples/sweep_paper.yaml):
     tasks: [kvbench_synth_recall, ...]
     context_lengths: [1024]
     chunk_sizes: [256]
+    query_modes: [aware, agnostic] # default [aware]: agnostic prefills and evicts the context before the question
     metadata: {num_samples: 2}     # more lm-eval --metadata for the tasks
     model_args: {dtype: auto}      # more backend arguments (device, dtype, attn, max_length)
     limit: null                    # lm-eval --limit
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -40,7 +42,8 @@ from pathlib import Path
 
 import yaml
 
-GRID_KEYS = {"models", "methods", "tasks", "context_lengths", "chunk_sizes", "metadata", "model_args", "limit"}
+GRID_KEYS = {"models", "methods", "tasks", "context_lengths", "chunk_sizes", "query_modes", "metadata", "model_args",
+             "limit"}
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,16 @@ class Cell:
     # The parameter this cell's method entry varies (recorded for the scorer, which draws one curve per knob).
     # It says how cells relate, not what a cell runs: it is not part of the key, so results stay where they are.
     knob: str | None = dataclasses.field(default=None, compare=False)
+    query: str = "aware"  # the backend's query mode (aware: the question is prefilled with its context)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @property
     def key(self) -> str:
-        """A stable digest of the configuration: the same cell has the same folder on any machine and rerun."""
-        run = {k: v for k, v in self.as_dict().items() if k != "knob"}
+        """A stable digest of the configuration: the same cell has the same folder on any machine and rerun.
+        (`query` enters it only when agnostic, so that the cells of sweeps made before it keep their folders.)"""
+        run = {k: v for k, v in self.as_dict().items() if k != "knob" and not (k == "query" and v == "aware")}
         return hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:16]
 
     def folder(self, out: Path) -> Path:
@@ -73,7 +78,8 @@ class Cell:
     def describe(self) -> str:
         params = ",".join(f"{k}={v}" for k, v in self.params.items())
         return (f"{Path(self.model).name} {self.method}{'(' + params + ')' if params else ''} {self.task} "
-                f"ctx={self.context_length} chunk={self.chunk_size}")
+                f"ctx={self.context_length} chunk={self.chunk_size}" + (f" query={self.query}"
+                                                                          if self.query != "aware" else ""))
 
     def task_metadata(self) -> dict:
         # The tasks measure lengths with the evaluated model's tokenizer; with a model instance lm-eval does
@@ -83,6 +89,8 @@ class Cell:
     def lm_eval_command(self, out: Path) -> str:
         model_args = {"pretrained": self.model, "method": self.method, **self.params,
                       "chunk_size": self.chunk_size, **self.model_args}
+        if self.query != "aware":
+            model_args["query"] = self.query
         args = ["lm_eval", "--model", "kvbench",
                 "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
                 "--tasks", self.task,
@@ -103,33 +111,40 @@ def load_config(path) -> dict:
     for key in ("models", "methods", "tasks", "context_lengths", "chunk_sizes"):
         if not isinstance(config.get(key), list) or not config[key]:
             raise ValueError(f"{path}: '{key}' must be a non-empty list")
+    from kvbench.engine import QUERY_MODES
+
+    modes = config.setdefault("query_modes", ["aware"])
+    if not isinstance(modes, list) or not modes or any(m not in QUERY_MODES for m in modes):
+        raise ValueError(f"{path}: 'query_modes' must be a non-empty list of {', '.join(QUERY_MODES)}; got {modes!r}")
+    if "query" in (config.get("model_args") or {}):
+        raise ValueError(f"{path}: give the query mode as query_modes: [...], not in model_args")
     return config
 
 
 def cells(config: dict) -> list[Cell]:
-    """The grid, in a fixed order: by model (loaded once), then context length, chunk size, method, knob value, task."""
+    """The grid, in a fixed order: by model (loaded once), then context length, chunk size, query mode, method,
+    knob value, task."""
     from kvbench.plugins import method_class
 
     grid = []
-    for model in config["models"]:
-        for context_length in config["context_lengths"]:
-            for chunk_size in config["chunk_sizes"]:
-                for entry in config["methods"]:
-                    entry = {"name": entry} if isinstance(entry, str) else entry
-                    if "name" not in entry:
-                        raise ValueError(f"a method entry needs a name; got {entry!r}")
-                    fixed = dict(entry.get("params") or {})
-                    values = entry.get("values")
-                    knob = entry.get("knob") or method_class(entry["name"]).knob
-                    if values and not knob:
-                        raise ValueError(f"method {entry['name']!r} has values but no knob to set them on")
-                    settings = [{**fixed, knob: v} for v in values] if values else [fixed]
-                    for params in settings:
-                        for task in config["tasks"]:
-                            grid.append(Cell(str(model), entry["name"], params, task, int(context_length),
-                                             int(chunk_size), dict(config.get("metadata") or {}),
-                                             dict(config.get("model_args") or {}), config.get("limit"),
-                                             knob if values else None))
+    for model, context_length, chunk_size, query in itertools.product(
+            config["models"], config["context_lengths"], config["chunk_sizes"], config.get("query_modes", ["aware"])):
+        for entry in config["methods"]:
+            entry = {"name": entry} if isinstance(entry, str) else entry
+            if "name" not in entry:
+                raise ValueError(f"a method entry needs a name; got {entry!r}")
+            fixed = dict(entry.get("params") or {})
+            values = entry.get("values")
+            knob = entry.get("knob") or method_class(entry["name"]).knob
+            if values and not knob:
+                raise ValueError(f"method {entry['name']!r} has values but no knob to set them on")
+            settings = [{**fixed, knob: v} for v in values] if values else [fixed]
+            for params in settings:
+                for task in config["tasks"]:
+                    grid.append(Cell(str(model), entry["name"], params, task, int(context_length),
+                                     int(chunk_size), dict(config.get("metadata") or {}),
+                                     dict(config.get("model_args") or {}), config.get("limit"),
+                                     knob if values else None, query))
     return grid
 
 
@@ -321,6 +336,7 @@ class CellRunner:
         # Reconfigure the backend for this cell: what KVBenchLM's constructor would set from --model_args.
         self.lm.method = load_method(cell.method, **{k: str(v) for k, v in cell.params.items()})
         self.lm.chunk_size = cell.chunk_size
+        self.lm.query = cell.query
         self.lm.tally = FootprintTally()
         # With trace=true in model_args the samples (which carry the traces) are kept: run_cell writes them.
         return lm_eval.simple_evaluate(model=self.lm, tasks=[cell.task], task_manager=self.task_manager(cell),

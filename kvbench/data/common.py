@@ -27,6 +27,8 @@ DEFAULT_DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
 # answer_prefix: the prefix HELMET's metric also parses the answer after ("Answer:"), "" for none.
 # stop_at_newline_token: HELMET stops this task's generation at a generated newline token (not at a "\n" inside
 # a longer token) and scores the whole output; the kvbench backend does the same (other backends cut at "\n").
+# context_group: documents with the same non-empty group share one context and ask different questions of it
+# (multi-question tasks); query-agnostic, the kvbench backend prefills and evicts that context once for them.
 FEATURES = datasets.Features({
     "prompt": datasets.Value("string"),
     "answers": datasets.Sequence(datasets.Value("string")),
@@ -40,6 +42,7 @@ FEATURES = datasets.Features({
     "demo_lines": datasets.Sequence(datasets.Value("int64")),
     "answer_prefix": datasets.Value("string"),
     "stop_at_newline_token": datasets.Value("bool"),
+    "context_group": datasets.Value("string"),
 })
 
 
@@ -78,7 +81,7 @@ def settings(settings: dict, default_samples: int = 100, lengths: tuple[int, ...
     cannot hold is an error here, before any prompt is built."""
     positions = model_positions(settings)
     if LENGTH_KEY in settings:
-        length = _positive_int(settings, LENGTH_KEY, DEFAULT_LENGTH)
+        length = positive_int(settings, LENGTH_KEY, DEFAULT_LENGTH)
     else:
         length = min(positions or DEFAULT_LENGTH, DEFAULT_LENGTH)
         if lengths:
@@ -90,14 +93,14 @@ def settings(settings: dict, default_samples: int = 100, lengths: tuple[int, ...
                          f"(max_position_embeddings); pass --metadata '{{\"{LENGTH_KEY}\": {positions}}}' or less")
     return Settings(
         length=length,
-        seed=_positive_int(settings, "seed", 42, allow_zero=True),
-        num_samples=_positive_int(settings, "num_samples", default_samples),
+        seed=positive_int(settings, "seed", 42, allow_zero=True),
+        num_samples=positive_int(settings, "num_samples", default_samples),
         tokenizer=load_tokenizer(settings),
         data_dir=Path(settings["data_dir"]) if settings.get("data_dir") else None,
     )
 
 
-def _positive_int(settings: dict, key: str, default: int, allow_zero: bool = False) -> int:
+def positive_int(settings: dict, key: str, default: int, allow_zero: bool = False) -> int:
     value = settings.get(key, default)
     try:
         number = int(value)
@@ -190,6 +193,19 @@ def fill(tokenizer, render, pieces: list[str], budget: int) -> tuple[str, int]:
     return render(pieces[:n]), n
 
 
+def question_token(tokenizer, text: str, question_char: int, add_special_tokens: bool = True) -> tuple[list[int], int]:
+    """(the tokens of `text`, the index of its question's first token), the question beginning at character
+    `question_char`: the first token whose text ends after it. A token that straddles the context's end belongs to
+    the question, so that a context prefilled before the question is known holds none of it."""
+    encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    first = next((i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > question_char), None)
+    if first is None:
+        raise ValueError("a prompt has nothing after its context: there is no question to ask query-agnostic")
+    if first == 0:
+        raise ValueError("a prompt's context is empty: query-agnostic has nothing to prefill before its question")
+    return encoded["input_ids"], first
+
+
 def truncate_context(tokenizer, template: Template, context: str, budget: int, fix: str = LENGTH_KEY) -> str:
     """HELMET's rule for its fixed files: cut the end of the context until the prompt fits the budget."""
     prompt = template(context)
@@ -216,7 +232,7 @@ def to_dataset(rows: list[dict]) -> dict[str, datasets.Dataset]:
         if not (prompt.startswith(template.prefix) and prompt.endswith(template.suffix)):
             raise AssertionError(f"a {row.get('task')} prompt was not rendered with its template")
         out.append({"qrels": [], "sample_line": -1, "demo_lines": [], "answer_prefix": "",
-                    "stop_at_newline_token": False, **row, "context_start": len(template.prefix),
+                    "stop_at_newline_token": False, "context_group": "", **row, "context_start": len(template.prefix),
                     "context_end": len(prompt) - len(template.suffix)})
     return {"test": datasets.Dataset.from_list(out, features=FEATURES)}
 

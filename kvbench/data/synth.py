@@ -58,6 +58,26 @@ def _recall(s: common.Settings, rng: random.Random, budget: int) -> dict:
     return {"prompt": common.fill(s.tokenizer, render, lines, budget)[0], "template": template, "answers": [gold]}
 
 
+def _recall_multi(s: common.Settings, rng: random.Random, budget: int, questions: int) -> list[dict]:
+    """One key-value list, `questions` of its keys asked about, one document each: the documents share the context
+    (the same prefix and list, to the character) and differ only in the question after it."""
+    n = max(16, s.length // 4)
+    keys = common.distinct(rng, lambda r: "".join(r.choices(string.ascii_lowercase, k=4)), n + questions)
+    values = [str(rng.randint(1000, 9999)) for _ in keys]
+    asked = [f"{k}: {v}" for k, v in zip(keys[:questions], values[:questions])]
+    lines = [f"{k}: {v}" for k, v in zip(keys[questions:], values[questions:])]
+    # Filled once, for the longest question (keys have 4 letters, but their tokens may differ), then each question
+    # is put after the same context.
+    templates = [common.Template("Find the value of the key in the list below.\n\n", f"\n\nKey: {k}\nValue:")
+                 for k in keys[:questions]]
+    longest = max(templates, key=lambda t: common.count_tokens(s.tokenizer, t.suffix))
+    render = _depth_render(rng.getrandbits(31), asked, longest)
+    filled = common.fill(s.tokenizer, render, lines, budget)[0]
+    context = filled.removeprefix(longest.prefix).removesuffix(longest.suffix)
+    return [{"prompt": template(context), "template": template, "answers": [value]}
+            for template, value in zip(templates, values[:questions])]
+
+
 # --- RAG: a fact about an entity among passages about others -------------------------------------------
 
 def _rag(s: common.Settings, rng: random.Random, budget: int) -> dict:
@@ -138,16 +158,25 @@ def _icl(s: common.Settings, rng: random.Random, budget: int) -> dict:
 
 
 GENERATORS = {"synth_recall": _recall, "synth_rag": _rag, "synth_rerank": _rerank, "synth_icl": _icl}
+MULTI_QUESTION = {"synth_recall_multi": ("synth_recall", _recall_multi)}  # variant: (its task, generator)
+DEFAULT_QUESTIONS = 4
 
 
 def build(task: str, **settings) -> dict:
-    """lm-eval's custom_dataset for a synthetic task."""
+    """lm-eval's custom_dataset for a synthetic task. A multi-question variant gives `num_questions` (metadata)
+    documents per sample, sharing one context (`context_group`: the sample's number)."""
     s = common.settings(settings)
     rows = []
     for i in range(s.num_samples):
         rng = random.Random(common.rng_seed(task, s.seed, s.length, i))
-        sample = GENERATORS[task](s, rng, s.length - GEN_TOKENS[task])
-        rows.append({**sample, "metric": METRICS[task], "task": task, "length": s.length})
+        if task in MULTI_QUESTION:
+            base, generator = MULTI_QUESTION[task]
+            questions = common.positive_int(settings, "num_questions", DEFAULT_QUESTIONS)
+            samples = [{**row, "context_group": str(i)}
+                       for row in generator(s, rng, s.length - GEN_TOKENS[base], questions)]
+        else:
+            base, samples = task, [GENERATORS[task](s, rng, s.length - GEN_TOKENS[task])]
+        rows += [{**sample, "metric": METRICS[base], "task": task, "length": s.length} for sample in samples]
     common.record_source(task, data="generated", generator="kvbench.data.synth", version=GENERATOR_VERSION,
                          seed=s.seed, context_length=s.length)
     return common.to_dataset(rows)

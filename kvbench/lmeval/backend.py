@@ -24,8 +24,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 import kvbench
-from kvbench.data.common import SOURCES, Template, truncate_context
-from kvbench.engine import DEFAULT_CHUNK_SIZE, generate, score_continuation
+from kvbench.data.common import SOURCES, Template, question_token, truncate_context
+from kvbench.engine import DEFAULT_CHUNK_SIZE, QUERY_MODES, generate, generate_many, score_continuation
 from kvbench.lmeval.tally import FootprintTally
 from kvbench.plugins import describe_parameters, load_method, method_class
 from kvbench.tiny import resolve_pretrained
@@ -34,7 +34,7 @@ from kvbench.tiny import resolve_pretrained
 log = logging.getLogger("lm_eval.models.kvbench")
 
 BACKEND_ARGS = ("pretrained", "method", "chunk_size", "dtype", "device", "attn", "max_length", "trust_remote_code",
-                "parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory", "trace")
+                "parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory", "trace", "query")
 DEFAULT_MAX_LENGTH = 2048  # as lm-eval's hf backend, when neither config nor tokenizer gives one
 
 
@@ -71,6 +71,7 @@ class KVBenchLM(TemplateLM):
         max_memory_per_gpu: int | str | None = None,
         max_cpu_memory: int | str | None = None,
         trace: bool = False,
+        query: str = "aware",
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
         **method_params,
@@ -90,6 +91,10 @@ class KVBenchLM(TemplateLM):
             )
         self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
         self.trace = _bool(trace, "trace")  # each generate_until sample's KV held over time, in its samples-file row
+        if query not in QUERY_MODES:
+            raise ValueError(f"query must be aware (the question is prefilled with its context) or agnostic (the "
+                             f"context is prefilled and evicted before the question is known); got {query!r}")
+        self.query = query
         self._device = self._data_parallel(_pick_device(device))
         path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
         if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
@@ -212,6 +217,7 @@ class KVBenchLM(TemplateLM):
     # ---- requests ----
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        self._refuse_agnostic(requests, "log-likelihood")
         self._pending_stats = []  # _loglikelihood_tokens fills it in request order
         results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         for request, stats, counted in zip(requests, self._pending_stats, self._tallied(requests), strict=True):
@@ -246,6 +252,7 @@ class KVBenchLM(TemplateLM):
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        self._refuse_agnostic(requests, "rolling log-likelihood")
         results = []
         for request, counted in zip(tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"),
                                     self._tallied(requests)):
@@ -263,38 +270,97 @@ class KVBenchLM(TemplateLM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        results = []
-        eos = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
-        for request, counted in zip(tqdm(requests, disable=disable_tqdm, desc="kvbench generate_until"),
-                                    self._tallied(requests)):
-            context, gen_kwargs = request.args
-            options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-            until = [s for s in handle_stop_sequences(options.pop("until", None), eos=eos) if s]
-            max_gen_toks = options.pop("max_gen_toks")
-            if options.get("do_sample") or options.get("temperature", 0) > 0:
-                log.warning(f"{request.task_name}: kvbench decodes greedily; ignoring sampling settings {options}")
-            budget = self.max_length - max_gen_toks
-            if budget <= 0:
-                raise ValueError(
-                    f"max_gen_toks ({max_gen_toks}) leaves no room for a prompt within max_length ({self.max_length})"
-                )
-            doc = getattr(request, "doc", None) or {}
-            stop_tokens = ()
-            if doc.get("stop_at_newline_token"):  # HELMET's stop: a generated newline token, not "\n" inside one
-                until, stop_tokens = [s for s in until if s != "\n"], self.newline_token_ids
-            why = f"max_length {self.max_length} minus max_gen_toks {max_gen_toks}"
-            ids = self._fit_prompt(context, doc, budget, why, request.task_name)
-            generation = self._timed(
-                generate, self._model, ids, self.method, tokenizer=self.tokenizer, chunk_size=self.chunk_size,
-                max_new_tokens=max_gen_toks, stop=until, attn=self.attn, stop_token_ids=stop_tokens, trace=self.trace,
+        prepared = [self._prepare(request) for request in requests]
+        results: list[KVText | None] = [None] * len(requests)
+        counted = self._tallied(requests)
+        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="kvbench generate_until")
+        for group in self._context_groups(prepared):
+            first = prepared[group[0]]
+            run = functools.partial(
+                self._timed, generate if len(group) == 1 else generate_many, self._model, method=self.method,
+                tokenizer=self.tokenizer, chunk_size=self.chunk_size, max_new_tokens=first["max_gen_toks"],
+                stop=first["until"], attn=self.attn, stop_token_ids=first["stop_tokens"], trace=self.trace,
             )
-            answer = KVText(generation.text, {**generation.stats.as_dict(), "trace": generation.trace})
-            if counted:
-                self.tally.add(request.task_name, generation.stats)
-            results.append(answer)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), str(answer))
+            if len(group) == 1:
+                generations = [run(first["ids"], question_start=first["question_start"])]
+            else:  # one context, several questions: prefilled and evicted once (query-agnostic only)
+                cut = first["question_start"]
+                generations = run(first["ids"][:cut], [prepared[i]["ids"][cut:] for i in group])
+            for index, generation in zip(group, generations, strict=True):
+                request = requests[index]
+                answer = KVText(generation.text, {**generation.stats.as_dict(), "trace": generation.trace})
+                if counted[index]:
+                    self.tally.add(request.task_name, generation.stats)
+                results[index] = answer
+                self.cache_hook.add_partial("generate_until", request.args, str(answer))
+            progress.update(len(group))
+        progress.close()
         self._gather_tallies()
         return results
+
+    def _prepare(self, request) -> dict:
+        """A generate_until request's prompt tokens (fitted to max_length), options, and, query-agnostic, where
+        its question begins."""
+        context, gen_kwargs = request.args
+        options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        eos = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
+        until = [s for s in handle_stop_sequences(options.pop("until", None), eos=eos) if s]
+        max_gen_toks = options.pop("max_gen_toks")
+        if options.get("do_sample") or options.get("temperature", 0) > 0:
+            log.warning(f"{request.task_name}: kvbench decodes greedily; ignoring sampling settings {options}")
+        budget = self.max_length - max_gen_toks
+        if budget <= 0:
+            raise ValueError(
+                f"max_gen_toks ({max_gen_toks}) leaves no room for a prompt within max_length ({self.max_length})"
+            )
+        doc = getattr(request, "doc", None) or {}
+        stop_tokens = ()
+        if doc.get("stop_at_newline_token"):  # HELMET's stop: a generated newline token, not "\n" inside one
+            until, stop_tokens = [s for s in until if s != "\n"], self.newline_token_ids
+        why = f"max_length {self.max_length} minus max_gen_toks {max_gen_toks}"
+        if self.query == "agnostic" and _context_span(context, doc) is None:
+            raise ValueError(
+                f"{request.task_name}: query=agnostic needs to know where each prompt's context ends and its question "
+                "begins, and this task's documents do not say (kvbench's tasks do: context_start/context_end). Run "
+                "it with query=aware; it is never run query-aware silently."
+            )
+        text, ids, question_char = self._fit_prompt(context, doc, budget, why, request.task_name)
+        question_start = None
+        if self.query == "agnostic":
+            question_start = self._question_token(text, ids, question_char, request.task_name)
+        group = doc.get("context_group") or None
+        return {"ids": ids, "question_start": question_start, "until": until, "max_gen_toks": max_gen_toks,
+                "stop_tokens": stop_tokens, "key": (request.task_name, group) if group and question_start else None}
+
+    def _context_groups(self, prepared: list[dict]) -> list[list[int]]:
+        """Requests in order, one group each, except that query-agnostic requests of a multi-question task
+        (documents that share a `context_group`) form one group: one context, several questions."""
+        groups: dict = {}
+        for index, request in enumerate(prepared):
+            groups.setdefault(request["key"] if request["key"] else ("alone", index), []).append(index)
+        for key, members in groups.items():
+            first = prepared[members[0]]
+            cut = first["question_start"]
+            for index in members[1:]:
+                other = prepared[index]
+                if other["ids"][: other["question_start"]] != first["ids"][:cut] or any(
+                        other[k] != first[k] for k in ("until", "max_gen_toks", "stop_tokens")):
+                    raise ValueError(f"{key[0]}: the documents of context_group {key[1]!r} do not share one context "
+                                     "(the same tokens before the question) and generation settings")
+        return sorted(groups.values())
+
+    def _question_token(self, text: str, ids: list[int], question_char: int, task: str) -> int:
+        """Where the question of `text` (tokens `ids`) begins, in tokens."""
+        bos = self.tokenizer.bos_token
+        try:
+            encoded, first = question_token(self.tokenizer, text, question_char,
+                                            add_special_tokens=not (bos and text.startswith(bos)))
+        except ValueError as error:
+            raise ValueError(f"{task}: {error}") from None
+        if encoded != ids:
+            raise ValueError(f"{task}: the tokenizer's offsets do not match the prompt's tokens; cannot find where "
+                             "its question begins")
+        return first
 
     @functools.cached_property
     def newline_token_ids(self) -> tuple[int, ...]:
@@ -302,15 +368,17 @@ class KVBenchLM(TemplateLM):
         ids = {self.tokenizer.convert_tokens_to_ids(t) for t in ("\n", "Ċ", "ĊĊ", "<0x0A>")}
         return tuple(sorted(i for i in ids if i is not None and i != self.tokenizer.unk_token_id))
 
-    def _fit_prompt(self, prompt: str, doc: dict, budget: int, why: str, task: str) -> list[int]:
-        """The prompt's tokens within `budget`. A kvbench task's document says where its context lies: then the
-        end of the context is cut, as HELMET does, and the instruction and question stay. Any other prompt is cut
-        from the left, as lm-eval's hf backend does."""
+    def _fit_prompt(self, prompt: str, doc: dict, budget: int, why: str, task: str):
+        """(text, tokens, question character): the prompt within `budget` tokens, and the character where its
+        question begins (None if its document does not say). A kvbench task's document says where its context
+        lies: then the end of the context is cut, as HELMET does, and the instruction and question stay. Any other
+        prompt is cut from the left, as lm-eval's hf backend does."""
         ids = self.tok_encode(prompt)
-        start = prompt.find(doc["prompt"]) if doc.get("context_end", 0) > doc.get("context_start", 0) else -1
-        if len(ids) <= budget or start < 0:
-            return self._left_truncate(ids, budget, why)
-        span = slice(start + doc["context_start"], start + doc["context_end"])
+        span = _context_span(prompt, doc)
+        if span is None:
+            return prompt, self._left_truncate(ids, budget, why), None
+        if len(ids) <= budget:
+            return prompt, ids, span.stop
         template = Template(prompt[: span.start], prompt[span.stop :])
         shortened = truncate_context(self.tokenizer, template, prompt[span], budget, fix="max_length")
         kept = self.tok_encode(shortened)
@@ -318,7 +386,7 @@ class KVBenchLM(TemplateLM):
                     f"{len(ids) - len(kept)} tokens (as HELMET does), its instruction and question kept. Pass "
                     f"max_length= in --model_args if the model holds more positions (this one: "
                     f"{self._model.config.max_position_embeddings}).")
-        return kept
+        return shortened, kept, len(shortened) - len(template.suffix)
 
     def _fit(self, whole: list[int]) -> list[int]:
         """As lm-eval's hf backend: the last max_length + 1 tokens of context + continuation (all but the last are fed)."""
@@ -340,6 +408,11 @@ class KVBenchLM(TemplateLM):
                     f"{len(ids) - limit} tokens were cut from the left")
         return ids[-limit:]
 
+    def _refuse_agnostic(self, requests, kind: str) -> None:
+        if self.query == "agnostic" and requests:
+            raise ValueError(f"{requests[0].task_name}: query=agnostic runs generate_until tasks; {kind} requests do "
+                             "not separate a context from its question. Run this task with query=aware.")
+
     def _timed(self, fn, *args, **kwargs):
         start = time.perf_counter()
         result = fn(*args, **kwargs)
@@ -353,6 +426,7 @@ class KVBenchLM(TemplateLM):
             "method": self.method.name,
             "method_params": {f.name: getattr(self.method, f.name) for f in dataclasses.fields(self.method)},
             "chunk_size": self.chunk_size,
+            "query": self.query,
             "attn": self.attn,
             "model": self.pretrained,
             "model_dtype": str(self._model.dtype),
@@ -368,6 +442,14 @@ class KVBenchLM(TemplateLM):
         if self._device.type == "cuda":
             run["gpu_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self._device)
         return {"kvbench": run}
+
+
+def _context_span(prompt: str, doc: dict) -> slice | None:
+    """Where a kvbench document's context lies in the prompt lm-eval built from it (None for other tasks)."""
+    if not doc.get("context_end", 0) > doc.get("context_start", 0):
+        return None
+    start = prompt.find(doc["prompt"])
+    return None if start < 0 else slice(start + doc["context_start"], start + doc["context_end"])
 
 
 def _load_method(name: str, params: dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvbench.data import common, metrics, synth
 
@@ -25,6 +25,7 @@ class TaskResult:
     kv_footprint: float
     kv_peak: float
     samples: int
+    scores: list[float] = field(default_factory=list)  # each sample's, in order
 
 
 def samples(task: str, tokenizer, length: int, num_samples: int, seed: int = 42) -> list[dict]:
@@ -48,21 +49,29 @@ def score(task: str, output: str, sample: dict) -> float:
 
 
 def evaluate(model, tokenizer, task: str, method=None, *, length: int = 1024, num_samples: int = 20,
-             chunk_size: int = 256, seed: int = 42, prompts: list[dict] | None = None) -> TaskResult:
-    from kvbench import generate
+             chunk_size: int = 256, seed: int = 42, prompts: list[dict] | None = None,
+             query: str = "aware") -> TaskResult:
+    """`query="agnostic"`: each prompt's context is prefilled and evicted before its question is fed."""
+    from kvbench.engine import QUERY_MODES, generate
 
+    if query not in QUERY_MODES:
+        raise ValueError(f"query must be one of {', '.join(QUERY_MODES)}; got {query!r}")
     prompts = prompts if prompts is not None else samples(task, tokenizer, length, num_samples, seed)
     scores, footprints, peaks = [], [], []
     for sample in prompts:
         # A fresh method per request: methods may hold per-request state.
         m = method() if callable(method) and not hasattr(method, "name") else method
-        result = generate(model, sample["prompt"], m, tokenizer=tokenizer, chunk_size=chunk_size,
+        prompt, question_start = sample["prompt"], None
+        if query == "agnostic":
+            prompt, question_start = common.question_token(tokenizer, prompt,
+                                                           len(prompt) - len(sample["template"].suffix))
+        result = generate(model, prompt, m, tokenizer=tokenizer, chunk_size=chunk_size, question_start=question_start,
                           max_new_tokens=synth.GEN_TOKENS[task], stop=["\n"])
         scores.append(score(task, result.text, sample))
         footprints.append(result.stats.kv_footprint)
         peaks.append(result.stats.kv_peak)
     n = len(prompts)
-    return TaskResult(task, sum(scores) / n, sum(footprints) / n, sum(peaks) / n, n)
+    return TaskResult(task, sum(scores) / n, sum(footprints) / n, sum(peaks) / n, n, scores)
 
 
 def chance(task: str, tokenizer, length: int = 1024, num_samples: int = 100, seed: int = 0) -> float:

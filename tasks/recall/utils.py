@@ -24,6 +24,10 @@ def synth_recall(**settings):
     return synth.build("synth_recall", **settings)
 
 
+def synth_recall_multi(**settings):
+    return synth.build("synth_recall_multi", **settings)
+
+
 # Generated variants (kvbench.data.ruler): their own tasks, never a stand-in for HELMET's files.
 def gen_json_kv(**settings):
     return ruler.build("gen_json_kv", **settings)
