@@ -5,8 +5,9 @@ Every forward passes the tokens' true positions, since after eviction the number
 is no longer the position of the next token.
 
 Query-aware (the default) prefills the whole prompt, question included. Query-agnostic (`question_start`)
-prefills and evicts the context alone, as a cache built before the question is known, then feeds the question
-against what was kept; `generate_many` asks several questions of one such context, each from its own copy of it.
+prefills and evicts the context alone, as a cache built before the question is known, then runs the question in
+one forward against what was kept, as a server prefills a question against a cached prefix; `generate_many` asks
+several questions of one such context, each from its own copy of it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kvbench.ledger import FootprintStats, Ledger
 from kvbench.method import Method, ModelShape, Phase
 
 DEFAULT_CHUNK_SIZE = 32768
-QUERY_MODES = ("aware", "agnostic")  # the question prefilled with its context, or fed after the context's eviction
+QUERY_MODES = ("aware", "agnostic")  # the question prefilled with its context, or run after the context's eviction
 
 
 @dataclass
@@ -64,7 +65,7 @@ def generate(
 
     `question_start`: the prompt's token index where the question begins, for query-agnostic evaluation: the
     tokens before it are prefilled (chunked) and evicted as a whole prompt would be, so nothing kept depends on
-    the question, and the question is then fed against what was kept (see `feed`). None: query-aware.
+    the question, and the question is then run against what was kept (see `generate_many`). None: query-aware.
     """
     ids = _prompt_ids(prompt, tokenizer)
     options = dict(tokenizer=tokenizer, chunk_size=chunk_size, max_new_tokens=max_new_tokens, stop=stop,
@@ -90,8 +91,13 @@ def generate_many(
     **options,
 ) -> list[Generation]:
     """Query-agnostic answers to several questions about one context: the context is prefilled and evicted once,
-    and each question is fed, then answered, on its own copy of the kept cache (one answer never sees another).
+    and each question is run, then answered, on its own copy of the kept cache (one answer never sees another).
     Options as `generate`'s.
+
+    A question (with whatever follows it in the prompt) runs in one forward, the first decode step: its tokens see
+    what the context kept and themselves causally, and the method may then evict as after any decode step (a
+    StreamingLLM window; a score method at decode only when it evicts while decoding). Nothing the context kept
+    was chosen with the question.
 
     Footprint: each question's figures are those of its own request (context + question + answer), except that
     the context's prefill counts once for all of them, as a cached prefix would: its active entries, and full
@@ -111,9 +117,9 @@ def generate_many(
         for question in question_ids:
             cache = copy.deepcopy(run.cache)  # the kept context, and the method's state with it
             question = question.to(run.device)
-            logits = feed(model, cache, question, len(context_ids), 0)[-1]
+            logits = forward_step(model, cache, question, len(context_ids), Phase(True, 0))
             results.append(run.decode(model, cache, logits, prompt_tokens=len(context_ids) + len(question),
-                                      fed_steps=len(question)))
+                                      fed_steps=1))
     return results
 
 
@@ -139,7 +145,7 @@ class _Request:
 
     def decode(self, model, cache: KVCache, logits, prompt_tokens: int, fed_steps: int) -> Generation:
         """Greedy decoding from the prompt's last logits. `fed_steps`: decode steps already taken (a
-        query-agnostic question's tokens), which number the phases that follow."""
+        query-agnostic question's forward), which number the phases that follow."""
         generated: list[int] = []
         all_logits: list[torch.Tensor] = []
         finish_reason = "length"
@@ -230,7 +236,7 @@ def score_continuation(
     with kvbench_attention(model), torch.inference_mode():
         pieces = [prefill(model, cache, context_ids, chunk_size)[None]]
         if len(fed):
-            pieces.append(feed(model, cache, fed, len(context_ids), 0))
+            pieces.append(feed(model, cache, fed, len(context_ids)))
     logits = torch.cat(pieces).float()
     logprobs = logits.log_softmax(dim=-1).gather(1, target[:, None])[:, 0]
     return Scoring(
@@ -262,17 +268,17 @@ def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int) -> torch.
     return logits
 
 
-def feed(model, cache: KVCache, tokens: torch.Tensor, position: int, first_step: int) -> torch.Tensor:
-    """Feed known tokens (a scored continuation, a query-agnostic question) after the prompt, as decode steps
+def feed(model, cache: KVCache, tokens: torch.Tensor, position: int) -> torch.Tensor:
+    """Feed known tokens (a scored continuation) after the prompt, as the decode steps that would generate them,
     against what the cache kept; the logits after each, [n, vocab]. Token by token when the method may evict while
     decoding; else in one forward, which gives the same logits and footprint in far fewer steps (checked: a
     method that evicts there after saying it never does is refused)."""
     method = cache.method
     if method.evicts_while_decoding():
-        return torch.stack([forward_step(model, cache, token[None], position + step, Phase(True, first_step + step))
+        return torch.stack([forward_step(model, cache, token[None], position + step, Phase(True, step))
                             for step, token in enumerate(tokens)])
     held = cache.num_held
-    logits = forward_step(model, cache, tokens, position, Phase(True, first_step), all_logits=True)
+    logits = forward_step(model, cache, tokens, position, Phase(True, 0), all_logits=True)
     if cache.num_held != held + len(tokens) * cache.shape.num_layers * cache.shape.num_kv_heads:
         raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
                          "says it never does; fed tokens would be scored wrongly")

@@ -131,14 +131,25 @@ LINESTYLES = ("-", "--", "-.", ":")
 
 def styles(labels: list[str]) -> dict:
     """One look per label, the same in every panel and figure: its own marker, line style and colour, hollow
-    markers shrinking down the list, so that curves that coincide still show each other."""
+    markers shrinking down the list, so that curves that coincide still show each other. A query-agnostic curve
+    takes its query-aware twin's colour and marker, filled and smaller, on a dotted line: the pair reads as one
+    method in two modes, and still shows both where they coincide."""
     import matplotlib.pyplot as plt
 
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {label: dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
-                        color=colours[i % len(colours)], markersize=9 - 4 * i / max(len(labels) - 1, 1),
-                        markerfacecolor="none", markeredgewidth=1.5)
-            for i, label in enumerate(labels)}
+    bases = list(dict.fromkeys(split_label(label)[0] for label in labels))
+    look = {base: dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                       color=colours[i % len(colours)], markersize=9 - 4 * i / max(len(bases) - 1, 1),
+                       markerfacecolor="none", markeredgewidth=1.5)
+            for i, base in enumerate(bases)}
+    out = {}
+    for label in labels:
+        base, query = split_label(label)
+        out[label] = dict(look[base])
+        if query == "agnostic":
+            out[label].update(linestyle=(0, (1, 1.5)), markerfacecolor=look[base]["color"],
+                              markersize=0.6 * look[base]["markersize"])
+    return out
 
 
 def figure(boards: list[GroupBoard], threshold: float):

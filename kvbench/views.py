@@ -92,7 +92,8 @@ def trace_figure(paths, task: str | None = None, sample: int = 0):
 
 # ---- several thresholds ----
 
-# Ranks: by critical footprint ("<x" counts as x, at most), every ">" (never reached) after every other.
+# Ranks: by critical footprint ("<x" counts as x, at most), every ">" (never reached) after every other; among the
+# methods run in the same query mode (a query-agnostic run competes with query-agnostic runs).
 
 def threshold_table(runs, thresholds: list[float]) -> list[dict]:
     """One row per (group, category, method): its critical footprint and rank at each threshold."""
@@ -102,11 +103,13 @@ def threshold_table(runs, thresholds: list[float]) -> list[dict]:
             for category, cb in board.categories.items():
                 order = {m: (c.mark == ">", round(c.value, 9)) for m, c in cb.critical.items()}
                 for method, critical in cb.critical.items():
-                    rank = 1 + sum(other < order[method] for other in order.values())  # ties share a rank
+                    query = scoring.split_label(method)[1]
+                    rank = 1 + sum(other < order[method] for m, other in order.items()  # ties share a rank
+                                   if scoring.split_label(m)[1] == query)
                     key = (board.model, board.context_length, board.chunk_size, category, method)
                     row = table.setdefault(key, {"model": board.model, "context_length": board.context_length,
                                                  "chunk_size": board.chunk_size, "category": category,
-                                                 "method": method, "critical": {}, "rank": {}})
+                                                 "method": method, "query": query, "critical": {}, "rank": {}})
                     row["critical"][f"{threshold:g}"] = str(critical)
                     row["rank"][f"{threshold:g}"] = rank
     rows = list(table.values())
@@ -120,10 +123,13 @@ def threshold_markdown(rows: list[dict], thresholds: list[float]) -> str:
     lines = [f"Critical KV footprint at {', '.join(names)} x full attention's score, and each method's rank "
              "(1 = the smallest footprint); ↕ marks a method whose rank changes with the threshold.", ""]
     groups = defaultdict(list)
-    for row in rows:
-        groups[(row["model"], row["context_length"], row["chunk_size"], row["category"])].append(row)
-    for (model, length, chunk, category), members in groups.items():
-        lines += [f"### {model}, context {length}, chunk {chunk}: {category}", "",
+    for row in sorted(rows, key=lambda r: r.get("query", "aware") != "aware"):
+        groups[(row["model"], row["context_length"], row["chunk_size"], row["category"], row.get("query", "aware"))
+               ].append(row)
+    agnostic = any(query != "aware" for *_, query in groups)
+    for (model, length, chunk, category, query), members in sorted(groups.items(), key=lambda g: g[0][:4]):
+        mode = f" (query-{query})" if agnostic else ""
+        lines += [f"### {model}, context {length}, chunk {chunk}: {category}{mode}", "",
                   "| method | " + " | ".join(f"{n} x full (rank)" for n in names) + " |",
                   "|---" * (len(names) + 1) + "|"]
         for row in sorted(members, key=lambda r: r["rank"].get(names[len(names) // 2], 99)):

@@ -10,10 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import random_prompt, tiny_model
+from test_methods import conformance_params  # one setting or more of every built-in method
 from test_scoring import result_file
 
 from kvbench import engine, generate, generate_many, leaderboard, load_method, tiny
@@ -74,6 +77,23 @@ def test_no_kept_context_entry_depends_on_the_question_when_agnostic(monkeypatch
     assert context_part(aware[0]) != context_part(aware[1])
 
 
+def every_builtin_setting():
+    settings = conformance_params(Path(tempfile.mkdtemp()))  # its head pattern is for 3 layers of 2 KV heads
+    return [pytest.param(name, params, id=f"{name}-{i}") for name, options in settings.items()
+            for i, params in enumerate(options)]
+
+
+@pytest.mark.parametrize("name, params", every_builtin_setting())
+def test_every_method_runs_query_agnostic_and_keeps_the_same_context_whatever_the_question(monkeypatch, name,
+                                                                                          params):
+    model = tiny_model("llama", seed=5, num_hidden_layers=3)
+    context = random_prompt(CONTEXT, seed=1)
+    kept = [kept_after_prefill(monkeypatch, model, torch.cat([context, random_prompt(QUESTION, seed=s)]),
+                               load_method(name, **params), CONTEXT) for s in (2, 3)]
+    assert context_part(kept[0][0]) == context_part(kept[1][0])
+    assert all(run.stats.tokens == CONTEXT + QUESTION + run.decode_steps for _, run in kept)
+
+
 def test_full_attention_answers_the_same_in_both_modes(model):
     prompt = random_prompt(CONTEXT + QUESTION, seed=4)
     runs = {mode: generate(model, prompt, load_method("full"), chunk_size=CHUNK, max_new_tokens=6, return_logits=True,
@@ -85,6 +105,25 @@ def test_full_attention_answers_the_same_in_both_modes(model):
     assert agnostic.stats.kv_footprint == pytest.approx(aware.stats.kv_footprint) == pytest.approx(1.0)
     assert agnostic.stats.kv_peak == pytest.approx(aware.stats.kv_peak)
     assert agnostic.prompt_tokens == aware.prompt_tokens == CONTEXT + QUESTION
+
+
+def test_streamingllm_answers_alike_in_both_modes_when_a_chunk_ends_where_the_question_begins(model):
+    # StreamingLLM never reads the question: with a chunk boundary at the question, query-aware runs the question
+    # as its own chunk over what the window kept, exactly as query-agnostic runs it. With the question inside the
+    # last chunk, query-aware lets it attend over that whole chunk before the window evicts it; query-agnostic
+    # evicted the chunk with the context. That is the schedule's doing, not the question's.
+    def logits(context, query):
+        prompt = random_prompt(context + QUESTION, seed=8)
+        run = generate(model, prompt, load_method("streamingllm", sink=2, window=8), chunk_size=CHUNK,
+                       max_new_tokens=4, return_logits=True, question_start=context if query == "agnostic" else None)
+        return torch.stack(run.logits), run.stats
+
+    (aware, aware_stats), (agnostic, agnostic_stats) = logits(CONTEXT, "aware"), logits(CONTEXT, "agnostic")
+    assert CONTEXT % CHUNK == 0
+    torch.testing.assert_close(agnostic, aware, atol=1e-5, rtol=1e-5)
+    assert agnostic_stats.kv_footprint == pytest.approx(aware_stats.kv_footprint)
+    inside = CONTEXT - CHUNK // 2  # the question shares its chunk with the context's last 16 tokens
+    assert not torch.allclose(logits(inside, "aware")[0], logits(inside, "agnostic")[0], atol=1e-3)
 
 
 def test_a_question_start_outside_the_prompt_is_refused(model):
@@ -219,8 +258,12 @@ def test_the_leaderboard_shows_each_mode_in_its_own_column_and_line(tmp_path):
     assert "| snapkv | <10% | 57% |" in markdown
     figure = leaderboard.figure(boards, 0.9)
     [ax] = figure.axes
-    labels = {line.get_label() for line in ax.get_lines()}
-    assert {"snapkv", "snapkv [query-agnostic]"} <= labels
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    aware, agnostic = lines["snapkv"], lines["snapkv [query-agnostic]"]
+    assert list(agnostic.get_xdata()) == [10, 30, 60] and list(aware.get_xdata()) == [10, 30]
+    # one method in two modes: its colour and marker, the agnostic line dotted with filled markers
+    assert (agnostic.get_color(), agnostic.get_marker()) == (aware.get_color(), aware.get_marker())
+    assert agnostic.get_linestyle() != aware.get_linestyle() and agnostic.get_markerfacecolor() != "none"
 
 
 def test_a_query_agnostic_full_is_the_baseline_when_no_aware_one_ran(tmp_path):
