@@ -123,9 +123,8 @@ def threshold_markdown(rows: list[dict], thresholds: list[float]) -> str:
     lines = [f"Critical KV footprint at {', '.join(names)} x full attention's score, and each method's rank "
              "(1 = the smallest footprint); ↕ marks a method whose rank changes with the threshold.", ""]
     groups = defaultdict(list)
-    for row in sorted(rows, key=lambda r: r.get("query", "aware") != "aware"):
-        groups[(row["model"], row["context_length"], row["chunk_size"], row["category"], row.get("query", "aware"))
-               ].append(row)
+    for row in sorted(rows, key=lambda r: r["query"] != "aware"):
+        groups[(row["model"], row["context_length"], row["chunk_size"], row["category"], row["query"])].append(row)
     agnostic = any(query != "aware" for *_, query in groups)
     for (model, length, chunk, category, query), members in sorted(groups.items(), key=lambda g: g[0][:4]):
         mode = f" (query-{query})" if agnostic else ""

@@ -266,6 +266,16 @@ def test_the_leaderboard_shows_each_mode_in_its_own_column_and_line(tmp_path):
     assert agnostic.get_linestyle() != aware.get_linestyle() and agnostic.get_markerfacecolor() != "none"
 
 
+def test_thresholds_rank_each_method_among_the_runs_of_its_mode(tmp_path):
+    from kvbench import views
+
+    rows = views.threshold_table(load_runs([two_mode_results(tmp_path / "runs")]), [0.85, 0.95])
+    ranks = {row["method"]: row["rank"] for row in rows}
+    assert ranks == {"snapkv": {"0.85": 1, "0.95": 1}, "snapkv [query-agnostic]": {"0.85": 1, "0.95": 1}}
+    markdown = views.threshold_markdown(rows, [0.85, 0.95])
+    assert markdown.index(": recall (query-aware)") < markdown.index(": recall (query-agnostic)")
+
+
 def test_a_query_agnostic_full_is_the_baseline_when_no_aware_one_ran(tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()
