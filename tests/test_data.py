@@ -256,3 +256,17 @@ def test_the_length_follows_the_model_and_one_it_cannot_hold_is_an_error_before_
     with pytest.raises(ValueError, match=r"context_length=131072, but .* holds 20000 positions \(max_position_"
                                          r"embeddings\); pass --metadata '\{\"context_length\": 20000\}' or less"):
         synth.build("synth_recall", pretrained=str(model), context_length=131072)
+
+
+@pytest.mark.parametrize("task", sorted({**GENERATED, **DATA_BACKED}))
+def test_every_task_says_where_its_context_ends_and_its_question_begins(task, tokenizer, helmet_dir):
+    # What query=agnostic relies on: prefilling the tokens before the question holds the whole context and nothing
+    # of what comes after it (the question, and instructions or demonstrations placed after the context).
+    build, _ = {**GENERATED, **DATA_BACKED}[task]
+    for doc in build(task, tokenizer=tokenizer, context_length=4096, num_samples=2, data_dir=helmet_dir)["test"]:
+        prompt, end = doc["prompt"], doc["context_end"]
+        assert 0 <= doc["context_start"] < end < len(prompt)
+        ids, first = common.question_token(tokenizer, prompt, end)
+        context, question = tokenizer.decode(ids[:first]), tokenizer.decode(ids[first:])
+        assert prompt[:end].startswith(context) and len(context) >= end - 8  # at most a straddling token short
+        assert question.endswith(prompt[end:]) and context + question == prompt
