@@ -1,6 +1,7 @@
 """Measure a model on the synthetic tasks through kvbench's engine: mean score and mean KV footprint.
 
     python -m kvbench.tiny.evaluate [--length 1024] [--samples 50] [--method snapkv keep=0.1 schedule=patched]
+                                    [--query agnostic]
 
 Prompts come from `kvbench.data.synth`'s generators with the same seeds as `synth.build`, are run one at a
 time through `kvbench.generate` (chunked prefill under the method, greedy decode, stop at a newline) and
@@ -105,12 +106,14 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--method", nargs="*", default=["full"], help="NAME key=value ...")
+    parser.add_argument("--query", choices=["aware", "agnostic"], default="aware",
+                        help="agnostic: each context prefilled and evicted before its question")
     args = parser.parse_args(argv)
     model, tokenizer = tiny.load()
     name, params = args.method[0], dict(p.split("=", 1) for p in args.method[1:])
     for task in args.tasks:
         r = evaluate(model, tokenizer, task, lambda: kvbench.load_method(name, **params), length=args.length,
-                     num_samples=args.samples, chunk_size=args.chunk_size)
+                     num_samples=args.samples, chunk_size=args.chunk_size, query=args.query)
         guess = chance(task, tokenizer, args.length)
         print(f"{task:14s} length {args.length} score {r.score:.3f} (chance {guess:.3f}) "
               f"kv_footprint {r.kv_footprint:.3f} kv_peak {r.kv_peak:.3f} n={r.samples}")
