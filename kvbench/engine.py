@@ -114,8 +114,10 @@ def generate_many(
     with kvbench_attention(model), torch.inference_mode():
         prefill(model, run.cache, context_ids, run.chunk_size)
         run.cache.ledger.share_prefix(len(context_ids), len(question_ids))
-        for question in question_ids:
-            cache = copy.deepcopy(run.cache)  # the kept context, and the method's state with it
+        for number, question in enumerate(question_ids, start=1):
+            # Each question gets a copy of the kept context (and of the method's state); the last takes the
+            # original, which nothing needs after it: a single question copies nothing.
+            cache = run.cache if number == len(question_ids) else copy.deepcopy(run.cache)
             question = question.to(run.device)
             logits = forward_step(model, cache, question, len(context_ids), Phase(True, 0))
             results.append(run.decode(model, cache, logits, prompt_tokens=len(context_ids) + len(question),
@@ -161,8 +163,8 @@ class _Request:
             if token in self.stop_token_ids:
                 finish_reason = "stop"
                 break
-            so_far = self.tokenizer.decode(generated, skip_special_tokens=True) if self.stop else ""
-            if self.stop and _first_stop(so_far, self.stop) is not None:
+            if self.stop and _first_stop(self.tokenizer.decode(generated, skip_special_tokens=True),
+                                         self.stop) is not None:
                 finish_reason = "stop"
                 break
             if len(generated) == self.max_new_tokens:
@@ -216,9 +218,6 @@ def score_continuation(
     what was kept: token by token when the method may evict while decoding, else in one forward (the same
     logits and footprint, far fewer steps).
     """
-    from kvbench.methods.full import Full
-
-    method = method if method is not None else Full()
     context_ids = torch.as_tensor(context, dtype=torch.long).flatten()
     target = torch.as_tensor(continuation, dtype=torch.long).flatten()
     if target.numel() == 0:
@@ -226,17 +225,20 @@ def score_continuation(
     if context_ids.numel() == 0:
         raise ValueError("the context is empty: the first continuation token has nothing to be predicted from")
     fed = target[:-1]  # the last continuation token is predicted, never fed
-    _check_request(model, chunk_size, 0, attn, (), None)
-    shape = ModelShape.from_config(model.config)
-    _check_positions(shape, len(context_ids) + len(fed), 0)
-    method.bind(shape)
-    cache = KVCache(shape, method, attn_kernel=attn)
-    device = model.device
+    run = _Request(model, method, len(context_ids) + len(fed), chunk_size=chunk_size, max_new_tokens=0, attn=attn)
+    cache, method, shape, device = run.cache, run.method, run.cache.shape, run.device
     context_ids, fed, target = context_ids.to(device), fed.to(device), target.to(device)
     with kvbench_attention(model), torch.inference_mode():
         pieces = [prefill(model, cache, context_ids, chunk_size)[None]]
-        if len(fed):
-            pieces.append(feed(model, cache, fed, len(context_ids)))
+        if len(fed) and method.evicts_while_decoding():
+            for step, token in enumerate(fed):
+                pieces.append(forward_step(model, cache, token[None], len(context_ids) + step, Phase(True, step))[None])
+        elif len(fed):
+            held = cache.num_held
+            pieces.append(forward_step(model, cache, fed, len(context_ids), Phase(True, 0), all_logits=True))
+            if cache.num_held != held + len(fed) * shape.num_layers * shape.num_kv_heads:
+                raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
+                                 "says it never does; a continuation would be scored wrongly")
     logits = torch.cat(pieces).float()
     logprobs = logits.log_softmax(dim=-1).gather(1, target[:, None])[:, 0]
     return Scoring(
@@ -265,23 +267,6 @@ def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int) -> torch.
         if tail:
             positions = torch.cat([positions, torch.arange(len(ids) - tail, len(ids), device=ids.device)])
         logits = forward_step(model, cache, tokens, positions, Phase(False, index, num_chunks), scoring=tail)
-    return logits
-
-
-def feed(model, cache: KVCache, tokens: torch.Tensor, position: int) -> torch.Tensor:
-    """Feed known tokens (a scored continuation) after the prompt, as the decode steps that would generate them,
-    against what the cache kept; the logits after each, [n, vocab]. Token by token when the method may evict while
-    decoding; else in one forward, which gives the same logits and footprint in far fewer steps (checked: a
-    method that evicts there after saying it never does is refused)."""
-    method = cache.method
-    if method.evicts_while_decoding():
-        return torch.stack([forward_step(model, cache, token[None], position + step, Phase(True, step))
-                            for step, token in enumerate(tokens)])
-    held = cache.num_held
-    logits = forward_step(model, cache, tokens, position, Phase(True, 0), all_logits=True)
-    if cache.num_held != held + len(tokens) * cache.shape.num_layers * cache.shape.num_kv_heads:
-        raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
-                         "says it never does; fed tokens would be scored wrongly")
     return logits
 
 

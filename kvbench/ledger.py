@@ -89,8 +89,11 @@ class Ledger:
         if sharers < 1:
             raise ValueError(f"a shared prefix needs at least one request; got {sharers}")
         share = 1 - 1 / sharers
-        prefix_active = sum(sum(row) for row in self.active) / self.num_heads_total
-        self._shared = (share * prefix_active, share * tokens * (tokens + 1) / 2)
+        self._shared = (share * self._mean_active(), share * tokens * (tokens + 1) / 2)
+
+    def _mean_active(self) -> float:
+        """Active entries so far, per layer and KV head."""
+        return sum(sum(row) for row in self.active) / self.num_heads_total
 
     def record_step(self, layer: int, heads: list[int], held_before: int, new: int, weight: float = 1.0) -> None:
         """`new` tokens attend over `held_before` entries in each of `heads` (weight: bytes vs the model dtype)."""
@@ -125,7 +128,7 @@ class Ledger:
     def stats(self, tokens: int) -> FootprintStats:
         not_mine, full_not_mine = self._shared
         full = tokens * (tokens + 1) / 2 - full_not_mine
-        total = sum(sum(row) for row in self.active) / self.num_heads_total - not_mine
+        total = self._mean_active() - not_mine
         return FootprintStats(
             kv_footprint=total / full,
             kv_peak=self.peak_mean_held / tokens,
