@@ -270,12 +270,14 @@ class KVBenchLM(TemplateLM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        prepared = [self._prepare(request) for request in requests]
         results: list[KVText | None] = [None] * len(requests)
         counted = self._tallied(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="kvbench generate_until")
-        for group in self._context_groups(prepared):
-            first = prepared[group[0]]
+        # Grouped up front from the documents alone (and a query-agnostic task without a boundary refused before
+        # any work); each group's prompts are tokenized when it runs, so a 128K run holds one group's tokens.
+        for group in self._context_groups(requests):
+            prepared = [self._prepare(requests[index]) for index in group]
+            first = prepared[0]
             run = functools.partial(
                 self._timed, generate if len(group) == 1 else generate_many, self._model, method=self.method,
                 tokenizer=self.tokenizer, chunk_size=self.chunk_size, max_new_tokens=first["max_gen_toks"],
@@ -285,7 +287,13 @@ class KVBenchLM(TemplateLM):
                 generations = [run(first["ids"], question_start=first["question_start"])]
             else:  # one context, several questions: prefilled and evicted once (query-agnostic only)
                 cut = first["question_start"]
-                generations = run(first["ids"][:cut], [prepared[i]["ids"][cut:] for i in group])
+                for other in prepared[1:]:
+                    if other["ids"][: other["question_start"]] != first["ids"][:cut] or any(
+                            other[k] != first[k] for k in ("until", "max_gen_toks", "stop_tokens")):
+                        task, name = requests[group[0]].task_name, requests[group[0]].doc["context_group"]
+                        raise ValueError(f"{task}: the documents of context_group {name!r} do not share one context "
+                                         "(the same tokens before the question) and generation settings")
+                generations = run(first["ids"][:cut], [p["ids"][cut:] for p in prepared])
             for index, generation in zip(group, generations, strict=True):
                 request = requests[index]
                 answer = KVText(generation.text, {**generation.stats.as_dict(), "trace": generation.trace})
@@ -297,6 +305,26 @@ class KVBenchLM(TemplateLM):
         progress.close()
         self._gather_tallies()
         return results
+
+    def _context_groups(self, requests) -> list[list[int]]:
+        """Requests in order, one group each, except that query-agnostic requests of a multi-question task
+        (documents that share a `context_group`) form one group: one context, several questions. Query-agnostic,
+        a request whose document does not say where its context ends is refused here, before anything runs."""
+        groups: dict = {}
+        for index, request in enumerate(requests):
+            doc = getattr(request, "doc", None) or {}
+            key = ("alone", index)
+            if self.query == "agnostic":
+                if _context_span(request.args[0], doc) is None:
+                    raise ValueError(
+                        f"{request.task_name}: query=agnostic needs to know where each prompt's context ends and its "
+                        "question begins, and this task's documents do not say (kvbench's tasks do: "
+                        "context_start/context_end). Run it with query=aware; it is never run query-aware silently."
+                    )
+                if doc.get("context_group"):
+                    key = (request.task_name, doc["context_group"])
+            groups.setdefault(key, []).append(index)
+        return sorted(groups.values())
 
     def _prepare(self, request) -> dict:
         """A generate_until request's prompt tokens (fitted to max_length), options, and, query-agnostic, where
@@ -318,36 +346,12 @@ class KVBenchLM(TemplateLM):
         if doc.get("stop_at_newline_token"):  # HELMET's stop: a generated newline token, not "\n" inside one
             until, stop_tokens = [s for s in until if s != "\n"], self.newline_token_ids
         why = f"max_length {self.max_length} minus max_gen_toks {max_gen_toks}"
-        if self.query == "agnostic" and _context_span(context, doc) is None:
-            raise ValueError(
-                f"{request.task_name}: query=agnostic needs to know where each prompt's context ends and its question "
-                "begins, and this task's documents do not say (kvbench's tasks do: context_start/context_end). Run "
-                "it with query=aware; it is never run query-aware silently."
-            )
         text, ids, question_char = self._fit_prompt(context, doc, budget, why, request.task_name)
         question_start = None
         if self.query == "agnostic":
             question_start = self._question_token(text, ids, question_char, request.task_name)
-        group = doc.get("context_group") or None
         return {"ids": ids, "question_start": question_start, "until": until, "max_gen_toks": max_gen_toks,
-                "stop_tokens": stop_tokens, "key": (request.task_name, group) if group and question_start else None}
-
-    def _context_groups(self, prepared: list[dict]) -> list[list[int]]:
-        """Requests in order, one group each, except that query-agnostic requests of a multi-question task
-        (documents that share a `context_group`) form one group: one context, several questions."""
-        groups: dict = {}
-        for index, request in enumerate(prepared):
-            groups.setdefault(request["key"] if request["key"] else ("alone", index), []).append(index)
-        for key, members in groups.items():
-            first = prepared[members[0]]
-            cut = first["question_start"]
-            for index in members[1:]:
-                other = prepared[index]
-                if other["ids"][: other["question_start"]] != first["ids"][:cut] or any(
-                        other[k] != first[k] for k in ("until", "max_gen_toks", "stop_tokens")):
-                    raise ValueError(f"{key[0]}: the documents of context_group {key[1]!r} do not share one context "
-                                     "(the same tokens before the question) and generation settings")
-        return sorted(groups.values())
+                "stop_tokens": stop_tokens}
 
     def _question_token(self, text: str, ids: list[int], question_char: int, task: str) -> int:
         """Where the question of `text` (tokens `ids`) begins, in tokens."""
