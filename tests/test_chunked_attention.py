@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_prompt, tiny_model
+from greedy import assert_same_greedy
 
 from kvbench import attention, generate
 from kvbench.method import ModelShape
@@ -55,8 +56,7 @@ def one_chunk_and_chunked(model, method_factory, chunk_size, prompt):
 def test_chunked_prefill_gives_the_logits_of_one_chunk(path, family, settings, chunk_size):
     model = tiny_model(family, head_dim=16, **settings)  # GQA: 4 query heads over 2 KV heads
     whole, chunked = one_chunk_and_chunked(model, Full, chunk_size, random_prompt(PROMPT_LEN, seed=3))
-    assert chunked.token_ids == whole.token_ids
-    torch.testing.assert_close(torch.stack(chunked.logits), torch.stack(whole.logits), atol=2e-5, rtol=1e-5)
+    assert_same_greedy(chunked.token_ids, chunked.logits, whole.token_ids, whole.logits, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
@@ -68,4 +68,4 @@ def test_head_groups_attend_chunks_as_one(path, chunk_size, tmp_path):
     method = lambda: DuoAttention(pattern=str(tmp_path / "gates.tsv"), head_sparsity=0.5, sink=4, window=10_000)  # noqa: E731
     assert len(method().head_groups(0, ModelShape.from_config(model.config))) == 2
     whole, chunked = one_chunk_and_chunked(model, method, chunk_size, random_prompt(PROMPT_LEN, seed=4))
-    torch.testing.assert_close(torch.stack(chunked.logits), torch.stack(whole.logits), atol=2e-5, rtol=1e-5)
+    assert_same_greedy(chunked.token_ids, chunked.logits, whole.token_ids, whole.logits, atol=2e-5, rtol=1e-5)

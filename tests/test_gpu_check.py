@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"hf", "full_one_chunk", "full", "snapkv_postfill", "snapkv_chunked", "duoattention"}
@@ -43,11 +44,38 @@ def test_every_case_ran_at_every_length(report):
             assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
 
 
+# bf16 logits of about 0.5 lie 2e-3 apart; two kernels (with or without AVX-512 bf16, a GPU) may differ by a few of
+# those steps, so a greedy choice whose top-1/top-2 margin is below this can go either way.
+BF16_TIE = 0.02
+
+
+def plain_model_margins(length: int, tokens: list[int]) -> tuple[list[float], list[int]]:
+    """The script's tiny bf16 model and prompt, rebuilt here: top-1 minus top-2 of the plain model's logits and its
+    argmax at each of the first len(tokens) greedy steps, fed `tokens` (teacher forcing)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    model = gpu_check.build_model(True, "sdpa", torch.device("cpu"))
+    ids = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(length))
+    with torch.inference_mode():
+        logits = model(torch.cat([ids, torch.tensor(tokens[:-1], dtype=ids.dtype)])[None]).logits[0, length - 1:]
+    top = logits.float().topk(2, dim=-1)
+    return (top.values[:, 0] - top.values[:, 1]).tolist(), top.indices[:, 0].tolist()
+
+
 def test_full_attention_is_the_plain_model(report):
     for length in (256, 512):
         got = rows(report, length)
-        # Same greedy tokens as transformers (random bf16 weights: the first ones at least).
-        assert got["full_one_chunk"]["first_tokens"][:2] == got["hf"]["first_tokens"][:2]
+        # Same greedy tokens as transformers (random bf16 weights: the first ones at least), as far as the plain
+        # model's choices are decisive: at a bf16 near-tie kvbench and transformers may rightly part.
+        want = got["hf"]["first_tokens"][:2]
+        margins, argmax = plain_model_margins(length, want)
+        decisive = next((step for step, margin in enumerate(margins) if margin <= BF16_TIE), len(margins))
+        assert decisive >= 1, f"the first greedy step at {length} tokens nearly ties ({margins[0]:.4f}): pick a seed"
+        assert argmax[:decisive] == want[:decisive], "the model rebuilt here is not the script's"
+        assert got["full_one_chunk"]["first_tokens"][:decisive] == want[:decisive]
         assert got["full"]["prefill_vs_hf"] > 0
         # full attention holds exactly what the plain model's DynamicCache holds.
         assert got["full_one_chunk"]["kv_bytes_after_prompt"] == got["hf"]["kv_bytes_after_prompt"]
