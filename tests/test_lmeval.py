@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import save_tiny_checkpoint
+from greedy import top2_margin
 
 from kvbench.engine import generate, score_continuation
 from kvbench.methods.streamingllm import StreamingLLM
@@ -92,6 +93,7 @@ def test_task_footprint_is_the_mean_of_its_requests_measured_by_the_engine(strea
                  chunk_size=32, max_new_tokens=8, stop=["\n", ".", "</s>"])
         for s in samples[GEN]
     ]
+    # Exact: the same computation as the lm_eval process's (one thread there by ENV, here by one_thread)
     assert [g.text for g in generations] == [s["resps"][0][0] for s in samples[GEN]]
     scorings = []
     for sample in samples[CHOICE]:
@@ -123,27 +125,71 @@ def test_plain_hf_backend_still_works_and_kvbench_eval_gives_the_same_result(
     assert [s["resps"] for s in again_samples[GEN]] == [s["resps"] for s in samples[GEN]]
 
 
-def test_full_through_kvbench_answers_as_lm_evals_hf_backend(checkpoint):
+# The two backends' logits differ by ~2e-7 here (measured) and their log-likelihoods are held to 1e-4: a margin of
+# 2e-4 decides an argmax the same way in both, on any CPU. (The closest greedy step here: 4.7e-4.)
+DECISIVE = 2e-4
+
+
+def continuation_margins(model, tokenizer, context: str, continuation: str) -> torch.Tensor:
+    """Per continuation token (tokenized as lm-eval does): its logit minus the best other token's, from the plain
+    model. Positive: it is the argmax there."""
+    context_ids, whole = tokenizer.encode(context), torch.tensor(tokenizer.encode(context + continuation))
+    count = len(whole) - len(context_ids)
+    with torch.no_grad():
+        logits = model(whole[None, :-1]).logits[0, -count:]
+    target = whole[-count:, None]
+    return logits.gather(1, target)[:, 0] - logits.scatter(1, target, float("-inf")).max(-1).values
+
+
+def test_full_through_kvbench_answers_as_lm_evals_hf_backend(checkpoint, monkeypatch):
+    """Two computations (transformers' sdpa forward, kvbench's attention) agree up to rounding, so their greedy
+    answers, is_greedy flags and acc can be demanded equal only where no argmax behind them is a near-tie. The
+    margins of these fixed prompts are asserted: a change that brings one to a near-tie fails with that reason
+    instead of flipping an answer on some CPUs only."""
     import lm_eval
     from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kvbench.lmeval import backend as backend_module
     from kvbench.lmeval.hook import install
 
     install()
+    steps = []  # the logits each of the kvbench backend's greedy tokens was chosen from
+
+    def recording(*args, **kwargs):
+        if "tokenizer" not in kwargs:  # a one-token log-likelihood: its margin is checked below
+            return generate(*args, **kwargs)
+        result = generate(*args, **{**kwargs, "return_logits": True})
+        steps.append(result.logits)
+        return result
+
     answers = {}
     for model, args in (("hf", f"pretrained={checkpoint}"), ("kvbench", f"pretrained={checkpoint},method=full")):
-        out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[GEN, CHOICE], limit=3, device="cpu",
-                                      task_manager=TaskManager(include_defaults=False, include_path=str(TASKS)),
-                                      log_samples=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(backend_module, "generate", recording)
+            out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[GEN, CHOICE], limit=3, device="cpu",
+                                          task_manager=TaskManager(include_defaults=False, include_path=str(TASKS)),
+                                          log_samples=True)
         answers[model] = out
     hf, kv = answers["hf"], answers["kvbench"]
+    margins = [top2_margin(logits) for generation in steps for logits in generation]
+    assert len(steps) == 3 and min(margins) > DECISIVE, f"a greedy step nearly ties: top-1 - top-2 = {margins}"
     assert [s["resps"] for s in kv["samples"][GEN]] == [s["resps"] for s in hf["samples"][GEN]]
     assert any(s["resps"][0][0] for s in hf["samples"][GEN])  # not trivially empty answers
+
+    plain = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     for ours, theirs in zip(kv["samples"][CHOICE], hf["samples"][CHOICE], strict=True):
-        for (lp, greedy), (lp_hf, greedy_hf) in zip(
-            [r[0] for r in ours["resps"]], [r[0] for r in theirs["resps"]], strict=True
+        for (lp, greedy), (lp_hf, greedy_hf), arguments in zip(
+            [r[0] for r in ours["resps"]], [r[0] for r in theirs["resps"]], theirs["arguments"], strict=True
         ):
-            assert float(lp) == pytest.approx(float(lp_hf), abs=1e-4) and greedy == greedy_hf
+            assert float(lp) == pytest.approx(float(lp_hf), abs=1e-4)
+            margin = continuation_margins(plain, tokenizer, *arguments)  # (context, continuation)
+            assert (margin.abs() > DECISIVE).all(), f"is_greedy rests on a near-tie: margins {margin.tolist()}"
+            assert greedy == greedy_hf
+        # acc is the argmax over the choices' log-likelihoods: decisive where the best two are apart
+        best, second = sorted((float(r[0][0]) for r in theirs["resps"]), reverse=True)[:2]
+        assert best - second > DECISIVE, f"two choices nearly tie ({best} vs {second}): acc could go either way"
     assert kv["results"][CHOICE]["acc,none"] == hf["results"][CHOICE]["acc,none"]
     assert kv["config"]["kvbench"]["tasks"][CHOICE]["kv_footprint"] == pytest.approx(1.0)
 
