@@ -32,15 +32,15 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import shlex
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from kvbench.files import write_atomically
 
 GRID_KEYS = {"models", "methods", "tasks", "context_lengths", "chunk_sizes", "query_modes", "metadata", "model_args",
              "limit"}
@@ -159,20 +159,6 @@ def shard(grid: list[Cell], spec: str | None) -> list[Cell]:
     if not 0 <= i < n:
         raise ValueError(f"--shard i/n needs 0 <= i < n; got {spec!r}")
     return grid[i::n]
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write beside the target, then rename: a reader (or a rerun after kill -9) sees all of it or nothing."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def is_done(cell: Cell, out: Path) -> bool:
@@ -338,13 +324,16 @@ class CellRunner:
         self.lm.chunk_size = cell.chunk_size
         self.lm.query = cell.query
         self.lm.tally = FootprintTally()
-        # With trace=true in model_args the samples (which carry the traces) are kept: run_cell writes them.
+        # Every cell keeps its per-sample rows (kvbench.lmeval.samples): compact ones, or lm-eval's whole rows with
+        # trace=true in model_args (they carry the traces). run_cell writes them.
         return lm_eval.simple_evaluate(model=self.lm, tasks=[cell.task], task_manager=self.task_manager(cell),
                                        metadata=cell.task_metadata(), limit=cell.limit, log_samples=self.lm.trace)
 
 
 def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:
     from lm_eval.utils import handle_non_serializable
+
+    from kvbench.lmeval import samples
 
     folder = cell.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -353,9 +342,9 @@ def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:
     if results is None:  # a data-parallel process other than rank 0: lm-eval hands the results to rank 0 alone
         return None
     results["config"]["kvbench_sweep"] = {**cell.as_dict(), "key": cell.key}
-    for task, samples in (results.pop("samples", None) or {}).items():  # as lm-eval's --log_samples writes them
-        rows = "".join(json.dumps(sample, default=handle_non_serializable) + "\n" for sample in samples)
-        write_atomically(folder / f"samples_{task}.jsonl", rows)
+    per_task = results.pop("samples", None) or results.pop(samples.RESULTS_KEY, None) or {}
+    for task, rows in per_task.items():
+        samples.write_jsonl(folder / f"samples_{task}.jsonl", rows)
     path = folder / "results.json"  # last: its presence marks the cell done
     write_atomically(path, json.dumps(results, indent=1, default=handle_non_serializable))
     return path

@@ -79,6 +79,33 @@ def test_lm_eval_command_reports_footprint_per_task(streaming_run):
     # The per-sample footprint travels on the answer (KVText.footprint) into the task's own metric.
     assert results["results"][GEN]["sample_kv_footprint,none"] == pytest.approx(run["tasks"][GEN]["kv_footprint"])
     assert all(0 < s["sample_kv_footprint"] < 1 for s in samples[GEN])
+    # --log_samples rows keep everything lm-eval writes, and gain each document's measured footprint, also on a task
+    # that knows nothing of kvbench (a multiple-choice question: the mean of its 4 choices' requests).
+    for row in samples[CHOICE]:
+        assert row["resps"] and row["doc"] and row["requests"] == 4 and 0 < row["kv_footprint"] < 1
+    assert sum(r["kv_footprint"] for r in samples[CHOICE]) / 2 == pytest.approx(run["tasks"][CHOICE]["kv_footprint"])
+
+
+@pytest.mark.slow
+def test_without_log_samples_lm_eval_still_leaves_compact_per_sample_rows_the_scorer_reads(checkpoint, tmp_path):
+    from kvbench import scoring
+
+    args = [str(BIN / "lm_eval"), "--model", "kvbench", "--model_args", f"pretrained={checkpoint},{STREAMING}",
+            "--tasks", f"{GEN},{CHOICE}", "--include_path", str(TASKS), "--limit", "2", "--device", "cpu",
+            "--output_path", str(tmp_path)]
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [results] = glob.glob(str(tmp_path / "*" / "results_*.json"))
+    date = Path(results).stem.removeprefix("results_")
+    for task, metric in ((GEN, "exact_match"), (CHOICE, "acc")):
+        [path] = glob.glob(str(tmp_path / "*" / f"samples_{task}_*.jsonl"))
+        assert Path(path).name == f"samples_{task}_{date}.jsonl"  # beside its results file, named as lm-eval names
+        rows = [json.loads(line) for line in open(path)]
+        assert [r["doc_id"] for r in rows] == [0, 1] and all(metric in r and 0 < r["kv_footprint"] < 1 for r in rows)
+        assert not any(key in r for r in rows for key in ("doc", "arguments", "resps"))  # no prompt, no response
+    assert "kvbench_samples" not in json.load(open(results))
+    [run] = scoring.load_runs([results], {GEN: "recall", CHOICE: "icl"})
+    assert all(task.samples is not None and task.n == 2 for task in run.tasks)
 
 
 def test_task_footprint_is_the_mean_of_its_requests_measured_by_the_engine(streaming_run, checkpoint):

@@ -56,6 +56,9 @@ class KVText(str):
 
 
 class KVBenchLM(TemplateLM):
+    # The lm-eval hook's mark: `evaluate` logs this model's samples and gives them their footprints.
+    kvbench_backend = True
+
     def __init__(
         self,
         pretrained: str | None = None,
@@ -157,6 +160,12 @@ class KVBenchLM(TemplateLM):
                 for part in parts:
                     self.tally.absorb(part)
 
+    def _count(self, request, *stats) -> None:
+        """A request's footprint into its task's tally, under its document (the per-sample rows read it there)."""
+        doc = getattr(request, "doc", None) or {}
+        self.tally.add(request.task_name, *stats, doc_id=getattr(request, "doc_id", None),
+                       context_group=doc.get("context_group") if isinstance(doc, dict) else None)
+
     def _tallied(self, requests) -> list[bool]:
         """Whether each request counts in the tallies. With several processes, lm-eval pads a process's requests
         with copies of its last one, so that all run as many: those copies ran, but count once."""
@@ -222,7 +231,7 @@ class KVBenchLM(TemplateLM):
         results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         for request, stats, counted in zip(requests, self._pending_stats, self._tallied(requests), strict=True):
             if counted:
-                self.tally.add(request.task_name, stats)
+                self._count(request, stats)
         self._gather_tallies()
         return results
 
@@ -264,7 +273,7 @@ class KVBenchLM(TemplateLM):
             scorings = [self._score(*make_disjoint_window(window)) for window in windows]
             results.append(sum(s.logprob for s in scorings))
             if counted:  # one request, however many windows
-                self.tally.add(request.task_name, *[s.stats for s in scorings])
+                self._count(request, *[s.stats for s in scorings])
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), results[-1])
         self._gather_tallies()
         return results
@@ -298,7 +307,7 @@ class KVBenchLM(TemplateLM):
                 request = requests[index]
                 answer = KVText(generation.text, {**generation.stats.as_dict(), "trace": generation.trace})
                 if counted[index]:
-                    self.tally.add(request.task_name, generation.stats)
+                    self._count(request, generation.stats)
                 results[index] = answer
                 self.cache_hook.add_partial("generate_until", request.args, str(answer))
             progress.update(len(group))

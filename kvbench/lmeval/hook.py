@@ -16,6 +16,10 @@ watches two lm-eval modules and, right after lm-eval has executed them:
   lm-eval 0.4.13 averages every leaf task of the tree. Other groups are untouched.
 - `lm_eval._cli.harness`: kvbench's own errors print as one line (KVBENCH_DEBUG=1: the traceback).
 - `lm_eval.loggers.utils`: lm-eval's `git describe` runs without printing git's "fatal:" line.
+- `lm_eval.evaluator`: for a kvbench model, `evaluate` always logs per-sample results and hands them to
+  kvbench (kvbench.lmeval.samples), which keeps them whole only when they were asked for.
+- `lm_eval.loggers.evaluation_tracker`: the compact per-sample rows of a kvbench run are written beside the
+  results file, `samples_<task>_<date>.jsonl`, also without `--log_samples`.
 
 The finder loads nothing itself; it wraps the loader another finder returns.
 """
@@ -174,9 +178,64 @@ def quiet_git(logger_utils) -> None:
         evaluator.get_git_commit_hash = get_git_commit_hash
 
 
+def patch_evaluate(evaluator) -> None:
+    """A kvbench model's `evaluate` logs every sample (intervals need per-sample results), and kvbench adds each
+    document's footprint to its row; the rows stay whole only when the caller asked for them (log_samples)."""
+    import functools
+    import inspect
+
+    original = getattr(evaluator, "evaluate", None)
+    if original is None or getattr(original, "_kvbench_samples", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def evaluate(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        lm = bound.arguments.get("lm")
+        if not getattr(lm, "kvbench_backend", False):
+            return original(*args, **kwargs)
+        asked = bool(bound.arguments.get("log_samples"))
+        bound.arguments["log_samples"] = True
+        results = original(*bound.args, **bound.kwargs)
+        if results is None:  # a data-parallel process other than rank 0
+            return None
+        from kvbench.lmeval.samples import attach
+
+        return attach(lm.tally, results, keep_full=asked, selected=bound.arguments.get("samples"))
+
+    evaluate._kvbench_samples = True
+    evaluator.evaluate = evaluate
+
+
+def patch_tracker(tracker_module) -> None:
+    """Write a kvbench run's compact per-sample rows beside lm-eval's results file (lm-eval writes samples only
+    with --log_samples; kvbench's are small and always wanted)."""
+    import functools
+
+    cls = getattr(tracker_module, "EvaluationTracker", None)
+    if cls is None or getattr(cls.save_results_aggregated, "_kvbench_samples", False):
+        return
+    original = cls.save_results_aggregated
+
+    @functools.wraps(original)
+    def save_results_aggregated(self, results, *args, **kwargs):
+        compact = results.pop("kvbench_samples", None)
+        original(self, results, *args, **kwargs)
+        if compact and self.output_path:
+            from kvbench.lmeval.samples import write_beside_lm_eval_results
+
+            write_beside_lm_eval_results(self, compact)
+
+    save_results_aggregated._kvbench_samples = True
+    cls.save_results_aggregated = save_results_aggregated
+
+
 WATCHED = {"lm_eval.models": register_model, "lm_eval.tasks.manager": patch_task_manager,
            "lm_eval.api.group": patch_group_aggregation, "lm_eval._cli.harness": patch_cli,
-           "lm_eval.loggers.utils": quiet_git}
+           "lm_eval.loggers.utils": quiet_git, "lm_eval.evaluator": patch_evaluate,
+           "lm_eval.loggers.evaluation_tracker": patch_tracker}
 
 
 class _WrappedLoader:
@@ -217,9 +276,11 @@ class AfterImportFinder:
 
 
 def install() -> None:
-    """Idempotent. Modules lm-eval has already imported get their callback now."""
-    if not any(type(f).__name__ == AfterImportFinder.__name__ for f in sys.meta_path):
-        sys.meta_path.insert(0, AfterImportFinder())
+    """Idempotent. Modules lm-eval has already imported get their callback now. A finder put there by another
+    copy of this file (the installed `kvbench_lmeval_hook` beside a checkout's `kvbench.lmeval.hook`) gives way
+    to this one, so the callbacks are the code being run."""
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != AfterImportFinder.__name__]
+    sys.meta_path.insert(0, AfterImportFinder())
     for name, callback in WATCHED.items():
         if name in sys.modules:
             callback(sys.modules[name])

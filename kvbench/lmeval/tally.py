@@ -1,4 +1,5 @@
-"""Per-task footprint tallies of an lm-eval run: a task's footprint is the mean over its requests."""
+"""Per-task footprint tallies of an lm-eval run: a task's footprint is the mean over its requests; each
+document's own footprint is kept too, for the per-sample rows (kvbench.lmeval.samples)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ class FootprintTally:
         self.per_task: dict[str, list[dict]] = defaultdict(list)
         self.seconds = 0.0  # time spent in the engine, all requests
 
-    def add(self, task: str | None, *stats: FootprintStats) -> None:
-        """One lm-eval request. A rolling-loglikelihood request scored in several windows passes them all:
-        it counts once, with its windows' mean footprint and their largest peaks."""
-        self.per_task[task or "unknown"].append({
+    def add(self, task: str | None, *stats: FootprintStats, doc_id: int | None = None,
+            context_group: str | None = None) -> None:
+        """One lm-eval request of document `doc_id`. A rolling-loglikelihood request scored in several windows
+        passes them all: it counts once, with its windows' mean footprint and their largest peaks."""
+        row = {
             "kv_footprint": sum(s.kv_footprint for s in stats) / len(stats),
             "kv_peak": max(s.kv_peak for s in stats),
             "kv_peak_bytes": max(s.kv_peak_bytes for s in stats),
             "tokens": sum(s.tokens for s in stats),
-        })
+        }
+        if doc_id is not None:
+            row["doc_id"] = doc_id
+        if context_group:
+            row["context_group"] = context_group
+        self.per_task[task or "unknown"].append(row)
 
     def export(self) -> dict:
         """This process's requests and engine time, handed over (to rank 0's tally) and cleared here."""
@@ -35,6 +42,26 @@ class FootprintTally:
         for task, rows in part["per_task"].items():
             self.per_task[task].extend(rows)
         self.seconds += part["seconds"]
+
+    def per_document(self, task: str) -> dict[int, dict]:
+        """Each document's figures: the mean footprint of its requests (a multiple-choice question has one per
+        choice), their largest peaks, their tokens summed, and its context_group when it has one."""
+        requests: dict[int, list[dict]] = defaultdict(list)
+        for row in self.per_task.get(task, []):
+            if "doc_id" in row:
+                requests[row["doc_id"]].append(row)
+        documents = {}
+        for doc_id, rows in requests.items():
+            documents[doc_id] = {
+                "kv_footprint": sum(r["kv_footprint"] for r in rows) / len(rows),
+                "kv_peak": max(r["kv_peak"] for r in rows),
+                "kv_peak_bytes": max(r["kv_peak_bytes"] for r in rows),
+                "tokens": sum(r["tokens"] for r in rows),
+                "requests": len(rows),
+            }
+            if "context_group" in rows[0]:
+                documents[doc_id]["context_group"] = rows[0]["context_group"]
+        return documents
 
     def summary(self) -> dict:
         tasks = {}
