@@ -137,9 +137,10 @@ def _leaderboard(args) -> int:
         runs = scoring.load_runs(args.results, scoring.parse_categories(args.category))
         if not runs:
             raise ValueError("no usable result files among " + " ".join(args.results))
-        boards = scoring.score_runs(runs, args.threshold)
+        statistics = {"level": args.ci, "replicates": args.bootstrap, "seed": args.seed}
         if args.thresholds:
-            return _thresholds(args, runs)
+            return _thresholds(args, runs, statistics)
+        boards = scoring.score_runs(runs, args.threshold, **statistics)
     if not any(board.categories for board in boards):
         raise ValueError("nothing to score: every category was left out (see the warnings above)")
     text = leaderboard.render(boards, args.format, args.threshold, reported=args.reported)
@@ -168,7 +169,7 @@ def _warnings_printed():
     return stack
 
 
-def _thresholds(args, runs) -> int:
+def _thresholds(args, runs, statistics: dict) -> int:
     import json
     from pathlib import Path
 
@@ -180,9 +181,9 @@ def _thresholds(args, runs) -> int:
         raise ValueError(f"--thresholds takes numbers separated by commas (0.85,0.9,0.95); got {args.thresholds!r}")
     if args.format not in ("md", "json"):
         raise ValueError("--thresholds writes md or json")
-    table = views.threshold_table(runs, thresholds)
-    text = views.threshold_markdown(table, thresholds) if args.format == "md" else json.dumps(
-        {"thresholds": thresholds, "rows": table}, indent=1)
+    table = views.threshold_table(runs, thresholds, **statistics)
+    text = views.threshold_markdown(table, thresholds, statistics) if args.format == "md" else json.dumps(
+        {"thresholds": thresholds, "statistics": statistics, "rows": table}, indent=1)
     if args.out:
         Path(args.out).write_text(text)
         print(f"{args.format} table at {args.thresholds} -> {args.out}")
@@ -217,6 +218,8 @@ def _key_values(pairs: list[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kvbench.statistics import DEFAULT_LEVEL, DEFAULT_REPLICATES, DEFAULT_SEED
+
     parser = argparse.ArgumentParser(
         prog="kvbench", description="Long-context KV-cache eviction benchmark: measured KV footprint."
     )
@@ -282,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="category of a task whose metadata has none (repeatable)")
     board.add_argument("--thresholds", default=None, metavar="T1,T2,...",
                        help="one table at several thresholds (e.g. 0.85,0.9,0.95) with each method's rank (md, json)")
+    board.add_argument("--ci", type=float, default=DEFAULT_LEVEL, metavar="LEVEL",
+                       help=f"confidence level of the intervals and rank ranges (default {DEFAULT_LEVEL})")
+    board.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
+                       help=f"paired bootstrap replicates over samples (default {DEFAULT_REPLICATES}; 0: no intervals)")
+    board.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                       help=f"seed of the bootstrap draws: the same files and seed give the same table (default "
+                            f"{DEFAULT_SEED})")
     board.set_defaults(run=_leaderboard)
 
     plot = commands.add_parser("plot", help="the footprint views: KV held over time, chunk sizes, memory")

@@ -3,7 +3,9 @@ method's smallest footprint that keeps `threshold` x full attention's score (DES
 
 Works on any lm-eval results JSON written with `--model kvbench` (a sweep's `results.json` or a plain
 `lm_eval ... --output_path` run's `results_*.json`): the per-task footprints are in
-`results["config"]["kvbench"]["tasks"]`, the task categories in `configs[task]["metadata"]["category"]`.
+`results["config"]["kvbench"]["tasks"]`, the task categories in `configs[task]["metadata"]["category"]`, and each
+task's per-sample rows beside the file (kvbench.lmeval.samples), from which kvbench.statistics makes the intervals
+and ranks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from kvbench import statistics
+from kvbench.lmeval.samples import read_samples, samples_path
 
 BASELINE = "full"
 AGNOSTIC = " [query-agnostic]"  # ends the curve label of a setting run query-agnostic (query=agnostic)
@@ -33,6 +40,18 @@ class ResultFileWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class Samples:
+    """One task's per-sample results in one file, by document: `units` names each document's resampling unit (its
+    context_group in a multi-question task, else the document itself); `footprints` is None when the rows carry none
+    (then the task's footprint stands for every sample)."""
+
+    doc_ids: np.ndarray
+    units: np.ndarray
+    scores: np.ndarray
+    footprints: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class TaskResult:
     task: str
     category: str
@@ -41,6 +60,9 @@ class TaskResult:
     footprint: float
     peak: float
     peak_bytes: float
+    n: int = 0  # samples (documents) behind the score
+    samples: Samples | None = field(default=None, compare=False, repr=False)
+    no_samples: str | None = None  # why `samples` is None: the interval's refusal, in one line
 
 
 @dataclass
@@ -68,6 +90,9 @@ class Point:
     peak: float
     peak_bytes: float
     files: tuple[str, ...]
+    n: int = 0  # samples behind the point, summed over the category's tasks
+    score_interval: statistics.Interval | None = None  # from the bootstrap replicates, when there are samples
+    footprint_interval: statistics.Interval | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,13 @@ class CategoryBoard:
     target: float  # threshold x baseline
     points: list[Point]  # every run but the baseline's, by method then footprint
     critical: dict[str, Critical]  # method label -> its critical footprint
+    n: int = 0  # the baseline's samples, summed over the category's tasks (every interval's curve has the same)
+    # From the paired bootstrap (kvbench.statistics), for curves whose every point has per-sample results:
+    interval: dict[str, statistics.Interval] = field(default_factory=dict)  # method label -> its critical's interval
+    ahead: dict[str, dict[str, float]] = field(default_factory=dict)  # P(label needs less footprint than other)
+    rank: dict[str, tuple[int, int] | None] = field(default_factory=dict)  # range of places, within a query mode
+    target_interval: statistics.Interval | None = None  # threshold x full, full's own noise included
+    notes: list[str] = field(default_factory=list)  # why an interval is missing, one line each
 
 
 @dataclass
@@ -98,6 +130,7 @@ class GroupBoard:
     context_length: int
     chunk_size: int
     categories: dict[str, CategoryBoard]
+    statistics: dict | None = None  # level, replicates and seed of the intervals (None: no bootstrap)
 
     @property
     def name(self) -> str:
@@ -155,27 +188,58 @@ def read_run(path, categories: dict[str, str]) -> Run:
             warnings.warn(f"{path}: task {task!r} has no category (give one with --category {task}=CATEGORY); "
                           "left out", ResultFileWarning, stacklevel=3)
             continue
+        key, score = main_score(data["results"][task], task)
+        samples, why = read_task_samples(Path(path), task, key, score)
+        n = len(samples.doc_ids) if samples else int((data.get("n-samples", {}).get(task) or {}).get("effective") or
+                                                     footprint.get("requests") or 0)
         run.tasks.append(TaskResult(
             task, str(category),
             int(metadata.get("context_length") or sources.get(task, {}).get("context_length") or DEFAULT_CONTEXT_LENGTH),
-            main_score(data["results"][task], task), float(footprint["kv_footprint"]),
-            float(footprint["kv_peak"]), float(footprint["kv_peak_bytes"]),
+            score, float(footprint["kv_footprint"]), float(footprint["kv_peak"]), float(footprint["kv_peak_bytes"]),
+            n, samples, why,
         ))
     if not run.tasks:
         raise ValueError("no task with a category")
     return run
 
 
-def main_score(metrics: dict, task: str) -> float:
-    """kvbench tasks report `score` (their main metric under one name); elsewhere, the first metric listed."""
+def main_score(metrics: dict, task: str) -> tuple[str, float]:
+    """(lm-eval's key, value) of the task's score: kvbench tasks report `score` (their main metric under one name);
+    elsewhere, the first metric listed."""
     scores = {key: value for key, value in metrics.items()
               if "_stderr" not in key and key.split(",")[0] not in NOT_SCORES and isinstance(value, (int, float))}
     for key, value in scores.items():
         if key.split(",")[0] == "score":
-            return float(value)
+            return key, float(value)
     if not scores:
         raise ValueError(f"task {task!r} has no numeric metric")
-    return float(next(iter(scores.values())))
+    key = next(iter(scores))
+    return key, float(scores[key])
+
+
+def read_task_samples(results_path: Path, task: str, key: str, score: float) -> tuple[Samples | None, str | None]:
+    """The task's per-sample results beside its results file, or None and why not (in one line)."""
+    path = samples_path(results_path, task)
+    if not path.is_file():
+        return None, (f"{results_path}: no per-sample file {path.name} for task {task!r} (made by a kvbench older "
+                      "than per-sample results, or not by kvbench; re-run it, or add --log_samples)")
+    metric, _, filter_name = key.partition(",")
+    rows = [row for row in read_samples(path) if row.get("filter", "none") == (filter_name or "none")]
+    if not rows or any(metric not in row for row in rows):
+        return None, f"{path}: not every row carries the metric {metric!r} of filter {filter_name or 'none'!r}"
+    doc_ids = np.array([int(row["doc_id"]) for row in rows])
+    if len(set(doc_ids.tolist())) != len(doc_ids):
+        return None, f"{path}: a document appears twice (two runs appended to one file?)"
+    order = np.argsort(doc_ids)
+    scores = np.array([float(rows[i][metric]) for i in order])
+    if not np.isclose(scores.mean(), score, rtol=0, atol=1e-9 * max(1.0, abs(score))):
+        return None, (f"{path}: the task's {metric} ({score:.6g}) is not the mean of its per-sample values "
+                      f"({scores.mean():.6g}): an aggregation other than the mean, which the bootstrap does not redo")
+    footprints = None
+    if all("kv_footprint" in row for row in rows):
+        footprints = np.array([float(rows[i]["kv_footprint"]) for i in order])
+    units = np.array([str(rows[i].get("context_group") or f"doc {rows[i]['doc_id']}") for i in order])
+    return Samples(doc_ids[order], units, scores, footprints), None
 
 
 # ---- the critical footprint ----
@@ -187,7 +251,8 @@ def critical_footprint(points: list[tuple[float, float]], target: float,
     footprint, stays >= target from x up to the largest footprint.
 
     Runs at the same footprint (ties) are averaged into one point: the curve must be a function.
-    `peaks` (kv_peak, kv_peak_bytes per point) are interpolated at x the same way.
+    `peaks` (kv_peak, kv_peak_bytes per point) are interpolated at x the same way. The crossing itself is
+    `statistics.crossings`, the code every bootstrap replicate runs.
     """
     if not points:
         raise ValueError("no runs to find a critical footprint in")
@@ -197,18 +262,14 @@ def critical_footprint(points: list[tuple[float, float]], target: float,
         merged[x].append((y, *peak))
     xs = sorted(merged)
     rows = [[sum(v[i] for v in merged[x]) / len(merged[x]) for i in range(3)] for x in xs]
-    ys = [row[0] for row in rows]
-    last = len(xs) - 1
-    if ys[last] < target:
-        return Critical(xs[last], ">", rows[last][1], rows[last][2])
-    # Walk down from the largest footprint to the first point that falls short; the curve crosses after it.
-    failing = next((i for i in range(last, -1, -1) if ys[i] < target), None)
-    if failing is None:
+    found = statistics.crossings(np.array([xs]), np.array([[row[0] for row in rows]]), np.array([target]))
+    segment, t = int(found.segment[0]), float(found.t[0])
+    if segment == len(xs) - 1:
+        return Critical(xs[-1], ">", rows[-1][1], rows[-1][2])
+    if segment < 0:
         return Critical(xs[0], "<", rows[0][1], rows[0][2])
-    a, b = failing, failing + 1
-    t = (target - ys[a]) / (ys[b] - ys[a])  # ys[a] < target <= ys[b], so 0 < t <= 1
-    x = xs[a] + t * (xs[b] - xs[a])
-    return Critical(x, "", *(rows[a][i] + t * (rows[b][i] - rows[a][i]) for i in (1, 2)))
+    a, b = rows[segment], rows[segment + 1]
+    return Critical(float(found.value[0]), "", *(a[i] + t * (b[i] - a[i]) for i in (1, 2)))
 
 
 # ---- the board ----
@@ -299,11 +360,18 @@ def _with_defaults(method: str, params: dict) -> dict:
     return {**defaults, **params}
 
 
-def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[GroupBoard]:
+def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, level: float = statistics.DEFAULT_LEVEL,
+               replicates: int = statistics.DEFAULT_REPLICATES, seed: int = statistics.DEFAULT_SEED) -> list[GroupBoard]:
     """Group task results by (model, context length, chunk size); per category, make each setting's point from
-    its tasks, score it against `full`'s, and find each curve's critical footprint."""
+    its tasks, score it against `full`'s, and find each curve's critical footprint; then, from `replicates`
+    paired bootstrap replicates of the per-sample results (none: 0), each critical footprint's `level` interval,
+    the pairwise probabilities and the rank ranges (kvbench.statistics)."""
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1]; got {threshold}")
+    if not 0 < level < 1:
+        raise ValueError(f"the interval's level (--ci) must be in (0, 1), e.g. 0.95; got {level}")
+    if not isinstance(replicates, int) or replicates < 0:
+        raise ValueError(f"the number of bootstrap replicates (--bootstrap) must be an integer >= 0; got {replicates!r}")
     labels = curve_labels(runs)
     base = baseline_key()
     # (model, context length, chunk size) -> category -> setting -> task -> [(result, file)]
@@ -317,7 +385,8 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Gr
                 (task, run.path))
     boards = []
     for (model, context_length, chunk_size), categories in sorted(grouped.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        board = GroupBoard(model, context_length, chunk_size, {})
+        board = GroupBoard(model, context_length, chunk_size, {},
+                           {"level": level, "replicates": replicates, "seed": seed} if replicates else None)
         for category, settings in sorted(categories.items()):
             where = f"{board.name}, category {category!r}"
             if base not in settings and baseline_key("agnostic") in settings:
@@ -341,7 +410,8 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Gr
                     _warn(f"{where}: task(s) {', '.join(extra)} of setting {_describe(key)} have no baseline run; "
                           "not counted")
                 points[key] = _point(labels[key], params_of[key], [per_task[t] for t in tasks], where)
-            baseline = points.pop(base).score
+            base_point = points.pop(base)
+            baseline = base_point.score
             chance = sum(CHANCE.get(task, 0.0) for task in tasks) / len(tasks)
             if baseline <= chance:
                 _warn(f"{where}: full attention scores {baseline:.3g}, no better than chance ({chance:.3g}): the model "
@@ -358,9 +428,95 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Gr
                                           [(p.peak, p.peak_bytes) for p in ps])
                 for label, ps in curves.items()
             }
-            board.categories[category] = CategoryBoard(category, baseline, target, others, critical)
+            cb = CategoryBoard(category, baseline, target, others, critical, n=base_point.n)
+            if replicates:
+                keys = {key: point for key, point in points.items()}
+                samples = {key: [settings[key][t] for t in tasks] for key in [base, *keys]}
+                _bootstrap(cb, base, keys, samples, threshold, level, replicates,
+                           statistics.category_seed(seed, model, context_length, chunk_size, category))
+                for note in cb.notes:
+                    _warn(f"{where}: {note}")
+            board.categories[category] = cb
         boards.append(board)
     return boards
+
+
+def _task_samples(results: list[tuple[TaskResult, str]]) -> tuple[Samples | None, str | None]:
+    """One setting's samples of one task; a task in several files (a rerun) gives the mean of its files' samples."""
+    for result, _ in results:
+        if result.samples is None:
+            return None, result.no_samples
+    first = results[0][0].samples
+    if any(not np.array_equal(r.samples.doc_ids, first.doc_ids) for r, _ in results[1:]):
+        return None, f"task {results[0][0].task!r} is in several files with different documents"
+
+    def footprints(result: TaskResult) -> np.ndarray:  # the task's footprint stands for samples that carry none
+        return result.samples.footprints if result.samples.footprints is not None else np.full(
+            len(result.samples.doc_ids), result.footprint)
+
+    return Samples(first.doc_ids, first.units, np.mean([r.samples.scores for r, _ in results], axis=0),
+                   np.mean([footprints(r) for r, _ in results], axis=0)), None
+
+
+def _bootstrap(cb: CategoryBoard, base: SettingKey, points: dict[SettingKey, Point],
+               per_task: dict[SettingKey, list[list[tuple[TaskResult, str]]]], threshold: float, level: float,
+               replicates: int, seed: np.random.SeedSequence) -> None:
+    """Fill `cb`'s intervals, pairwise probabilities and rank ranges from paired bootstrap replicates.
+
+    Every setting is resampled with the same units, the baseline's: a curve gets an interval when each of its
+    points has per-sample results for exactly the baseline's documents of every task. Settings of one curve at
+    the same footprint are averaged per sample, as `critical_footprint` averages their points."""
+    samples = {}
+    for key, results in per_task.items():
+        tasks = [_task_samples(r) for r in results]
+        samples[key] = None if any(s is None for s, _ in tasks) else [s for s, _ in tasks]
+        if samples[key] is None and key == base:
+            cb.notes.append("no intervals or ranks: the baseline (full) has no usable per-sample results: "
+                            + next(why for s, why in tasks if s is None))
+            cb.rank = dict.fromkeys(cb.critical)
+            return
+    baseline = samples[base]
+    curves: dict[str, list[list[SettingKey]]] = defaultdict(list)  # label -> columns, each its tied settings
+    for label in cb.critical:
+        keys = [key for key, point in points.items() if point.method == label]
+        unusable = [key for key in keys if samples[key] is None or any(
+            not np.array_equal(mine.doc_ids, theirs.doc_ids) for mine, theirs in zip(samples[key], baseline))]
+        if unusable:
+            why = next((r.no_samples for key in unusable for rs in per_task[key] for r, _ in rs if r.no_samples),
+                       "its samples are not the baseline's documents (another num_samples or seed?)")
+            cb.notes.append(f"{label}: no interval or rank ({why})")
+            continue
+        by_footprint = defaultdict(list)
+        for key in keys:
+            by_footprint[points[key].footprint].append(key)
+        curves[label] = [by_footprint[x] for x in sorted(by_footprint)]
+    columns = [[base]] + [column for label in curves for column in curves[label]]
+    tasks = []
+    for index, base_task in enumerate(baseline):
+        codes = np.unique(base_task.units, return_inverse=True)[1]
+        tasks.append(statistics.TaskSamples(
+            codes, int(codes.max()) + 1,
+            np.array([np.mean([samples[k][index].scores for k in column], axis=0) for column in columns]),
+            np.array([np.mean([samples[k][index].footprints for k in column], axis=0) for column in columns])))
+    where, start = {}, 1
+    for label, groups in curves.items():
+        where[label] = list(range(start, start + len(groups)))
+        start += len(groups)
+    found = statistics.category_statistics(tasks, where, threshold, replicates, level, np.random.default_rng(seed))
+    cb.target_interval = found.target
+    cb.interval.update(found.critical)
+    for column, keys in enumerate(columns[1:], start=1):
+        for key in keys:
+            points[key] = dataclasses.replace(points[key], score_interval=found.score[column],
+                                              footprint_interval=found.footprint[column])
+    cb.points[:] = sorted(points.values(), key=lambda p: (p.method, p.footprint))
+    for query in {split_label(label)[1] for label in cb.critical}:
+        mine = [label for label in cb.critical if split_label(label)[1] == query]
+        replicated = [label for label in mine if label in found.crossings]
+        cb.ahead.update({a: {b: statistics.ahead_probability(found.crossings[a], found.crossings[b])
+                             for b in replicated if b != a} for a in replicated})
+        ranks = statistics.rank_ranges({a: cb.ahead.get(a, {}) for a in mine}, level)
+        cb.rank.update({label: ranks[label] if label in found.crossings else None for label in mine})
 
 
 def _point(label: str, params: dict, per_task: list[list[tuple[TaskResult, str]]], where: str) -> Point:
@@ -374,7 +530,8 @@ def _point(label: str, params: dict, per_task: list[list[tuple[TaskResult, str]]
                            for name in ("score", "footprint", "peak", "peak_bytes")})
     mean = {name: sum(t[name] for t in task_means) / len(task_means) for name in task_means[0]}
     files = tuple(sorted({path for results in per_task for _, path in results}))
-    return Point(label, params, mean["score"], mean["footprint"], mean["peak"], mean["peak_bytes"], files)
+    n = sum(results[0][0].n for results in per_task)
+    return Point(label, params, mean["score"], mean["footprint"], mean["peak"], mean["peak_bytes"], files, n)
 
 
 def _warn(message: str) -> None:

@@ -92,47 +92,60 @@ def trace_figure(paths, task: str | None = None, sample: int = 0):
 
 # ---- several thresholds ----
 
-# Ranks: by critical footprint ("<x" counts as x, at most), every ">" (never reached) after every other; among the
-# methods run in the same query mode (a query-agnostic run competes with query-agnostic runs).
+# Ranks: the range of places a method is not separated from (kvbench.statistics), among the methods run in the same
+# query mode (a query-agnostic run competes with query-agnostic runs).
 
-def threshold_table(runs, thresholds: list[float]) -> list[dict]:
-    """One row per (group, category, method): its critical footprint and rank at each threshold."""
+def threshold_table(runs, thresholds: list[float], **statistics) -> list[dict]:
+    """One row per (group, category, method): its critical footprint, interval and rank range at each threshold.
+    `statistics`: score_runs' level, replicates and seed."""
+    from kvbench.leaderboard import cell_text, rows
+
     table: dict = {}
     for threshold in thresholds:
-        for board in scoring.score_runs(runs, threshold):
-            for category, cb in board.categories.items():
-                order = {m: (c.mark == ">", round(c.value, 9)) for m, c in cb.critical.items()}
-                for method, critical in cb.critical.items():
-                    query = scoring.split_label(method)[1]
-                    rank = 1 + sum(other < order[method] for m, other in order.items()  # ties share a rank
-                                   if scoring.split_label(m)[1] == query)
-                    key = (board.model, board.context_length, board.chunk_size, category, method)
-                    row = table.setdefault(key, {"model": board.model, "context_length": board.context_length,
-                                                 "chunk_size": board.chunk_size, "category": category,
-                                                 "method": method, "query": query, "critical": {}, "rank": {}})
-                    row["critical"][f"{threshold:g}"] = str(critical)
-                    row["rank"][f"{threshold:g}"] = rank
-    rows = list(table.values())
-    for row in rows:
+        for row in rows(scoring.score_runs(runs, threshold, **statistics), threshold):
+            key = (row["model"], row["context_length"], row["chunk_size"], row["category"], row["method"], row["query"])
+            label = row["method"] + (scoring.AGNOSTIC if row["query"] == "agnostic" else "")
+            out = table.setdefault(key, {"model": row["model"], "context_length": row["context_length"],
+                                         "chunk_size": row["chunk_size"], "category": row["category"],
+                                         "method": label, "query": row["query"], "n": row["n"], "critical": {},
+                                         "interval": {}, "rank": {}})
+            out["critical"][f"{threshold:g}"] = cell_text(row)
+            out["interval"][f"{threshold:g}"] = [row["ci_low"], row["ci_high"]]
+            out["rank"][f"{threshold:g}"] = row["rank"]
+    result = list(table.values())
+    for row in result:
         row["rank_changes"] = len(set(row["rank"].values())) > 1
-    return rows
+    return result
 
 
-def threshold_markdown(rows: list[dict], thresholds: list[float]) -> str:
+def threshold_markdown(rows: list[dict], thresholds: list[float], statistics: dict | None = None) -> str:
     names = [f"{t:g}" for t in thresholds]
-    lines = [f"Critical KV footprint at {', '.join(names)} x full attention's score, and each method's rank "
-             "(1 = the smallest footprint); ↕ marks a method whose rank changes with the threshold.", ""]
+    lines = [f"Critical KV footprint at {', '.join(names)} x full attention's score, its interval and each method's "
+             "rank range (1 = the smallest footprint; a range covers the places a method is not separated from); ↕ "
+             "marks a method whose rank range changes with the threshold."]
+    if statistics and statistics.get("replicates"):
+        lines[0] += (f" {100 * statistics['level']:g}% intervals from {statistics['replicates']} paired bootstrap "
+                     f"replicates over samples (seed {statistics['seed']}).")
+    lines.append("")
     groups = defaultdict(list)
     for row in sorted(rows, key=lambda r: r["query"] != "aware"):
         groups[(row["model"], row["context_length"], row["chunk_size"], row["category"], row["query"])].append(row)
     agnostic = any(query != "aware" for *_, query in groups)
+    middle = names[len(names) // 2]
+
+    def order(row):  # by the middle threshold's rank range, then footprint; no rank last
+        rank = row["rank"].get(middle)
+        return (rank is None, [int(x) for x in rank.split("–")] if rank else [], row["method"])
+
     for (model, length, chunk, category, query), members in sorted(groups.items(), key=lambda g: g[0][:4]):
         mode = f" (query-{query})" if agnostic else ""
-        lines += [f"### {model}, context {length}, chunk {chunk}: {category}{mode}", "",
+        n = sorted({str(r["n"]) for r in members if r["n"] is not None})
+        lines += [f"### {model}, context {length}, chunk {chunk}: {category}{mode}" +
+                  (f" (n = {'/'.join(n)})" if n else ""), "",
                   "| method | " + " | ".join(f"{n} x full (rank)" for n in names) + " |",
                   "|---" * (len(names) + 1) + "|"]
-        for row in sorted(members, key=lambda r: r["rank"].get(names[len(names) // 2], 99)):
-            cells = [f"{row['critical'].get(n, '—')} ({row['rank'].get(n, '—')})" for n in names]
+        for row in sorted(members, key=order):
+            cells = [f"{row['critical'].get(n, '—')} ({row['rank'].get(n) or '—'})" for n in names]
             lines.append(f"| {row['method']}{' ↕' if row['rank_changes'] else ''} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -144,7 +157,7 @@ def threshold_markdown(rows: list[dict], thresholds: list[float]) -> str:
 def chunk_curves(runs, threshold: float) -> dict:
     """{(model, context length, category): {method: [(chunk size, Critical), ...]}} from runs at several chunk sizes."""
     curves: dict = defaultdict(lambda: defaultdict(list))
-    for board in scoring.score_runs(runs, threshold):
+    for board in scoring.score_runs(runs, threshold, replicates=0):
         for category, cb in board.categories.items():
             for method, critical in cb.critical.items():
                 curves[(board.model, board.context_length, category)][method].append((board.chunk_size, critical))

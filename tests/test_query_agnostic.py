@@ -234,12 +234,12 @@ def test_streamingllm_does_not_care_when_the_question_comes(bundled):
 
 def two_mode_results(folder):
     folder.mkdir()
-    result_file(folder / "results_full.json", "full", {}, {"a": ("recall", 1.0, 1.0)})
+    result_file(folder / "results_full.json", "full", {}, {"a": ("recall", 1.0, 1.0)}, samples=10)
     curves = {"aware": {0.1: 0.95, 0.3: 1.0}, "agnostic": {0.1: 0.2, 0.3: 0.5, 0.6: 0.95}}
     for query, points in curves.items():
         for keep, score in points.items():
             path = result_file(folder / f"results_snap-{query}-{keep}.json", "snapkv", {"keep": keep},
-                               {"a": ("recall", score, keep)})
+                               {"a": ("recall", score, keep)}, samples=10)
             data = json.loads(path.read_text())
             data["config"]["kvbench"]["query"] = query
             path.write_text(json.dumps(data))
@@ -255,8 +255,8 @@ def test_the_leaderboard_shows_each_mode_in_its_own_column_and_line(tmp_path):
     table = leaderboard.rows(boards, 0.9)
     assert {(r["method"], r["query"]) for r in table} == {("snapkv", "aware"), ("snapkv", "agnostic")}
     markdown = leaderboard.to_markdown(table, 0.9)
-    assert "| method | recall (aware) | recall (agnostic) |" in markdown
-    assert "| snapkv | <10% | 57% |" in markdown
+    assert "| method | recall (aware) | rank | recall (agnostic) | rank |" in markdown
+    assert "| snapkv | <10% [<10] | 1 | 57% [57] | 1 |" in markdown  # each ranked among the runs of its mode
     figure = leaderboard.figure(boards, 0.9)
     [ax] = figure.axes
     lines = {line.get_label(): line for line in ax.get_lines()}
@@ -272,7 +272,7 @@ def test_thresholds_rank_each_method_among_the_runs_of_its_mode(tmp_path):
 
     rows = views.threshold_table(load_runs([two_mode_results(tmp_path / "runs")]), [0.85, 0.95])
     ranks = {row["method"]: row["rank"] for row in rows}
-    assert ranks == {"snapkv": {"0.85": 1, "0.95": 1}, "snapkv [query-agnostic]": {"0.85": 1, "0.95": 1}}
+    assert ranks == {"snapkv": {"0.85": "1", "0.95": "1"}, "snapkv [query-agnostic]": {"0.85": "1", "0.95": "1"}}
     markdown = views.threshold_markdown(rows, [0.85, 0.95])
     assert markdown.index(": recall (query-aware)") < markdown.index(": recall (query-agnostic)")
 

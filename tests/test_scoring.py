@@ -67,9 +67,18 @@ def test_no_points_is_an_error():
 # ---- result files ----
 
 
-def result_file(path, method, params, tasks, model="m", chunk=64, context_length=1024):
+def result_file(path, method, params, tasks, model="m", chunk=64, context_length=1024, samples=None):
     """A results JSON shaped as lm-eval writes it with --model kvbench (see tests/test_sweep.py for real ones).
-    tasks: {task: (category, score, footprint)}."""
+    tasks: {task: (category, score, footprint)}. `samples`: None (no per-sample file), a number of samples that all
+    score the task's score (a bootstrap of them never moves), or {task: [per-sample scores]} (their mean is the
+    task's score)."""
+    if samples is not None:
+        from kvbench.lmeval.samples import samples_path
+
+        for t, (_, s, f) in tasks.items():
+            scores = [s] * samples if isinstance(samples, int) else samples[t]
+            rows = [{"doc_id": i, "filter": "none", "score": v, "kv_footprint": f} for i, v in enumerate(scores)]
+            samples_path(path, t).write_text("".join(json.dumps(row) + "\n" for row in rows))
     data = {
         "results": {t: {"alias": t, "score,none": s, "score_stderr,none": 0.0, "kv_footprint,none": f}
                     for t, (_, s, f) in tasks.items()},
@@ -160,12 +169,13 @@ def test_variants_of_a_method_are_separate_curves(tmp_path):
 # ---- a sweep's layout: one results file per (setting, task) ----
 
 
-def sweep_cell(out, method, params, task, category, score, footprint, knob=None, model="m", chunk=64):
+def sweep_cell(out, method, params, task, category, score, footprint, knob=None, model="m", chunk=64, samples=None):
     """A results file where `kvbench sweep` puts it (OUT/<method>-<key>/results.json), with its sweep record."""
     key = f"{abs(hash((method, repr(sorted(params.items())), task, chunk))):016x}"[:16]
     folder = out / f"{method}-{key}"
     folder.mkdir(parents=True)
-    path = result_file(folder / "results.json", method, params, {task: (category, score, footprint)}, model, chunk)
+    path = result_file(folder / "results.json", method, params, {task: (category, score, footprint)}, model, chunk,
+                       samples=None if samples is None else samples if isinstance(samples, int) else {task: samples})
     data = json.loads(path.read_text())
     data["config"]["kvbench_sweep"] = {"method": method, "params": params, "task": task, "knob": knob, "key": key}
     path.write_text(json.dumps(data))
