@@ -120,11 +120,16 @@ def _eval(lm_eval_args: list[str]) -> int:
 
 
 def _sweep(args) -> int:
-    from kvbench.sweep import run_sweep
+    from kvbench.sweep import refine, run_sweep
 
     ran = run_sweep(args.config, args.out, shard_spec=args.shard, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"{len(ran)} cell(s) run; results under {args.out}")
+    if args.refine is not None and not args.dry_run:
+        if args.shard:
+            raise ValueError("--refine reads the whole sweep's results: run it once, without --shard, after the shards")
+        added = refine(args.config, args.out, args.refine, args.refine_budget, args.threshold)
+        print(f"refinement: {len(added)} cell(s) added (listed in {args.out}/refined.yaml)")
     return 0
 
 
@@ -270,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default="sweeps", help="results folder, one subfolder per cell (default: sweeps)")
     sweep.add_argument("--shard", default=None, metavar="i/n", help="run every n-th cell from the i-th (0 <= i < n)")
     sweep.add_argument("--dry-run", action="store_true", help="print the equivalent lm_eval command of every cell")
+    sweep.add_argument("--refine", type=float, default=None, metavar="WIDTH",
+                       help="then add knob values where a curve crosses its threshold, until every critical "
+                            "footprint's 95%% interval is narrower than WIDTH (e.g. 0.05) or the budget is spent")
+    sweep.add_argument("--refine-budget", type=int, default=40, metavar="CELLS",
+                       help="most cells --refine may add (default 40)")
+    sweep.add_argument("--threshold", type=float, default=0.9, help="--refine's threshold (default 0.9)")
     sweep.set_defaults(run=_sweep)
 
     board = commands.add_parser(

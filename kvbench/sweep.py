@@ -173,6 +173,11 @@ def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = F
         for cell in todo:
             print_fn(("# done: " if is_done(cell, out) else "") + cell.lm_eval_command(out))
         return []
+    return run_cells(todo, out, print_fn)
+
+
+def run_cells(todo: list[Cell], out: Path, print_fn=print) -> list[Cell]:
+    """Run the cells of `todo` that have no results yet, in order, with one progress report; return them."""
     pending = [c for c in todo if not is_done(c, out)]
     import sys
 
@@ -190,6 +195,94 @@ def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = F
             run_cell(runner, cell, out)
             advance(cell, seconds=time.perf_counter() - started)
     return pending
+
+
+# ---- spending samples where they decide ----
+
+
+def refine(config_path, out, width: float, budget: int, threshold: float = 0.9, level: float = 0.95,
+           replicates: int = 2000, seed: int = 0, print_fn=print) -> list[Cell]:
+    """After the grid: while some curve's critical footprint has an interval wider than `width` (a share of full
+    attention's footprint, e.g. 0.05) and crosses the threshold between two knob values, add the knob value half-way
+    between its last failing and its first passing setting, for every task of the category, and run those cells;
+    until every interval is narrow enough, no such value is left, or `budget` cells have been added. Each added
+    cell is an ordinary cell (a folder, resumable): rerun, the same results make the same choices, and the cells
+    already done are skipped. The cells added are listed in OUT/refined.yaml. Return them."""
+    from kvbench import scoring
+
+    if not 0 < width < 1:
+        raise ValueError(f"--refine takes an interval width in (0, 1) (a share of full's footprint); got {width}")
+    if budget < 1:
+        raise ValueError(f"--refine-budget must be at least 1 cell; got {budget}")
+    out = Path(out)
+    grid = cells(load_config(config_path))
+    added: list[Cell] = []
+    while len(added) < budget:
+        known = {cell.folder(out) / "results.json": cell for cell in grid + added}
+        done = [path for path in known if path.is_file()]
+        runs = scoring.load_runs(done)
+        with _quiet_warnings():
+            boards = scoring.score_runs(runs, threshold, level, replicates, seed)
+        proposed = [cell for cell in _refinements(boards, known, width) if cell.folder(out) / "results.json" not in known]
+        if not proposed:
+            break
+        proposed = proposed[: budget - len(added)]
+        print_fn(f"sweep: refining: {len(proposed)} cell(s) at knob values between the last failing and the first "
+                 f"passing setting of curves whose interval is wider than {width:g}")
+        added += proposed
+        write_atomically(out / "refined.yaml", yaml.safe_dump([cell.as_dict() for cell in added], sort_keys=False))
+        run_cells(proposed, out, print_fn)
+    return added
+
+
+def _refinements(boards, known: dict[Path, Cell], width: float) -> list[Cell]:
+    """The cells that halve the knob step where each too-wide curve crosses its threshold."""
+    proposed: dict[str, Cell] = {}
+    for board in boards:
+        for cb in board.categories.values():
+            for label, critical in cb.critical.items():
+                interval = cb.interval.get(label)
+                if critical.mark or interval is None or interval.high - interval.low <= width:
+                    continue  # censored (nothing between a failing and a passing setting), or narrow enough
+                points = sorted((p for p in cb.points if p.method == label), key=lambda p: p.footprint)
+                failing = [i for i, p in enumerate(points) if p.score < cb.target]
+                if not failing or failing[-1] + 1 >= len(points):
+                    continue
+                below, above = points[failing[-1]], points[failing[-1] + 1]
+                knobs = [k for k in below.params if below.params[k] != above.params.get(k)]
+                if len(knobs) != 1:
+                    continue
+                knob = knobs[0]
+                value = _between(below.params[knob], above.params[knob])
+                if value is None:
+                    continue
+                for path in below.files:
+                    cell = known.get(Path(path))
+                    if cell is not None:
+                        new = dataclasses.replace(cell, params={**cell.params, knob: value}, knob=knob)
+                        proposed.setdefault(new.key, new)
+    return list(proposed.values())
+
+
+def _between(a, b):
+    """Half-way between two knob values, of their type; None where no value of that type lies strictly between."""
+    if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool):
+        middle = (a + b) // 2
+        return middle if min(a, b) < middle < max(a, b) else None
+    middle = float(f"{(a + b) / 2:.6g}")
+    return middle if min(a, b) < middle < max(a, b) else None
+
+
+@contextmanager
+def _quiet_warnings():
+    """The refinement scores a sweep in progress: a category its baseline has not reached yet is no news."""
+    import warnings
+
+    from kvbench.scoring import ResultFileWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultFileWarning)
+        yield
 
 
 def progress_columns():
