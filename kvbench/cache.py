@@ -1,4 +1,4 @@
-"""KVCache: a transformers Cache whose layers hold KV entries in head groups, physically evicted.
+"""KVCache: a transformers Cache whose layers hold KV entries in head groups, physically evicted (by a Step).
 
 Each layer's KV heads are split into groups (one by default; DuoAttention/PruLong use a full and a
 streaming group). A group is one dense tensor per K and V, so heads of a group hold the same number
@@ -15,8 +15,8 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvbench.ledger import Ledger
-from kvbench.method import KeepView, Method, ModelShape, Phase
-from kvbench.quant import bytes_per_entry, make_store
+from kvbench.method import Method, ModelShape
+from kvbench.quant import make_store
 
 
 class HeadGroup:
@@ -98,11 +98,13 @@ class HeadGroupLayer(CacheLayerMixin):
 
 
 class KVCache(Cache):
-    """The cache one request runs with; `method` decides, the cache evicts, `ledger` accounts."""
+    """The entries one request holds: per layer, its head groups and the tokens it has seen; `method` decides what
+    they keep and `ledger` accounts for them (both the request's: a copy of the cache is a copy of the request).
+    A forward step's own state (its phase, positions, scoring tail, kernel) is its `Step` (kvbench/step.py), which
+    appends, attends and evicts; transformers' `update` hands the step's keys and values through untouched."""
 
-    def __init__(self, shape: ModelShape, method: Method, ledger: Ledger | None = None, attn_kernel: str = "sdpa"):
+    def __init__(self, shape: ModelShape, method: Method, ledger: Ledger | None = None):
         self.shape = shape
-        self.attn_kernel = attn_kernel
         self.method = method
         self.ledger = ledger if ledger is not None else Ledger(shape.num_layers, shape.num_kv_heads)
         per_head = shape.num_query_heads // shape.num_kv_heads
@@ -113,83 +115,11 @@ class KVCache(Cache):
             for layer in range(shape.num_layers)
         ]
         super().__init__(layers=layers)
-        self.phase = Phase(is_decode=False)
-        self.positions: torch.Tensor | None = None  # of the step being run, [c + scoring]
-        self.scoring = 0  # the step's last tokens that only score (patched schedule), dropped after
-
-    def begin_step(self, phase: Phase, positions: torch.Tensor, scoring: int = 0) -> None:
-        """Called by the engine before each forward: what the step is and its tokens' true positions.
-
-        The last `scoring` tokens are the prompt's last ones appended for scoring (patched schedule):
-        they are attended over in this step only, then dropped, and count in no footprint.
-        """
-        self.phase = phase
-        self.positions = positions
-        self.scoring = scoring
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        """Append the step's K,V [1, kv_heads, c, d] to each head group; return them unchanged.
-
-        The attention function reads the held entries from the groups, not from what this returns.
-        """
-        if key_states.shape[0] != 1:
-            raise ValueError(f"kvbench runs one sequence at a time; got a batch of {key_states.shape[0]}")
-        layer = self.layers[layer_idx]
-        new = key_states.shape[2] - self.scoring
-        weight = self._byte_weight(key_states)
-        self.entry_bytes = bytes_per_entry(key_states.shape[-1], key_states.dtype, self.method.kv_bits)
-        bytes_before, held_before = sum(g.nbytes for g in layer.groups), layer.num_held
-        for group in layer.groups:
-            self.ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=weight)
-            heads = _head_index(group.heads, key_states)
-            group.append(key_states[:, heads], value_states[:, heads], self.positions)
-        layer.tokens_seen += new
-        # The scoring tail is held only while the method scores, then dropped: like kv_peak, the physical
-        # figures leave it out (its queries and keys could be computed without caching them at all).
-        tail = self.scoring * self.shape.num_kv_heads
-        self.ledger.record_memory(sum(g.nbytes for g in layer.groups) - bytes_before - tail * self.entry_bytes,
-                                  layer.num_held - held_before - tail)
+        """transformers calls this before attention; the Step appends in the attention function instead, so that
+        one object feeds the ledger. The step's own keys and values pass through."""
         return key_states, value_states
-
-    def evict(self, layer_idx: int, queries: torch.Tensor, scaling: float) -> None:
-        """After attention at layer `layer_idx`: ask the method what each group keeps, and free the rest."""
-        layer = self.layers[layer_idx]
-        per_head = self.shape.num_query_heads // self.shape.num_kv_heads
-        for group_index, group in enumerate(layer.groups):
-            group_queries = queries[0, group.query_heads] if len(layer.groups) > 1 else queries[0]
-            view = KeepView(
-                layer=layer_idx,
-                group=group_index,
-                heads=group.heads,
-                phase=self.phase,
-                positions=group.positions,
-                keys=group.keys[0],
-                values=group.values[0],
-                queries=group_queries.unflatten(0, (len(group.heads), per_head)),
-                num_new=self.positions.shape[0] - self.scoring,
-                num_scoring=self.scoring,
-                scaling=scaling,
-            )
-            index = self.method.select(view)
-            if index is not None:
-                _check_keep_index(index, group, self.method, layer_idx, group_index)
-                index = index.to(device=group.positions.device, dtype=torch.int64)
-            if self.scoring:
-                index = _without_scoring_tail(index, group, self.scoring, self.method, layer_idx, group_index)
-            if index is None:
-                continue
-            bytes_before, held_before = group.nbytes, group.num_held
-            group.keep(index)
-            tail = self.scoring * len(group.heads)  # dropped here, never recorded as held (see update)
-            self.ledger.record_memory(
-                group.nbytes - bytes_before + tail * self.entry_bytes,
-                (group.num_held - held_before) * len(group.heads) + tail,
-            )
-
-    def _byte_weight(self, key_states: torch.Tensor) -> float:
-        """Bytes of a stored entry relative to the model's dtype: the footprint counts by bytes."""
-        head_dim, dtype, bits = key_states.shape[-1], key_states.dtype, self.method.kv_bits
-        return bytes_per_entry(head_dim, dtype, bits) / bytes_per_entry(head_dim, dtype, 16)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].tokens_seen
@@ -217,39 +147,3 @@ def _checked_groups(method: Method, layer: int, shape: ModelShape) -> list[list[
             f"into non-empty groups, each head once; got {groups}"
         )
     return groups
-
-
-def _head_index(heads: list[int], states: torch.Tensor) -> slice | torch.Tensor:
-    if heads == list(range(states.shape[1])):
-        return slice(None)  # the whole layer in one group: no copy
-    return torch.tensor(heads, device=states.device)
-
-
-def _without_scoring_tail(index, group: HeadGroup, scoring: int, method: Method, layer: int, group_index: int):
-    """The kept indices less the scoring-only tail (the held entries' last `scoring`)."""
-    held = group.num_held
-    if index is None:
-        return torch.arange(held - scoring, device=group.positions.device).expand(len(group.heads), -1)
-    tail = torch.arange(held - scoring, held, device=index.device)
-    if index.shape[1] < scoring or not bool((index[:, -scoring:] == tail).all()):
-        raise ValueError(
-            f"method {method.name!r} at layer {layer}, group {group_index}: select() must keep the last "
-            f"{scoring} held entries (the scoring-only tail of the patched schedule), which the cache then drops"
-        )
-    return index[:, :-scoring]
-
-
-def _check_keep_index(index: torch.Tensor, group: HeadGroup, method: Method, layer: int, group_index: int):
-    where = f"method {method.name!r} at layer {layer}, group {group_index}"
-    if index.dtype not in (torch.int64, torch.int32) or index.dim() != 2 or index.shape[0] != len(group.heads):
-        raise ValueError(
-            f"{where}: select() must return integer indices of shape [{len(group.heads)}, k]; "
-            f"got {tuple(index.shape)} {index.dtype}"
-        )
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= group.num_held):
-        raise ValueError(
-            f"{where}: select() returned indices outside 0..{group.num_held - 1} "
-            f"(min {int(index.min())}, max {int(index.max())})"
-        )
-    if index.shape[1] > 1 and not bool((index[:, 1:] > index[:, :-1]).all()):
-        raise ValueError(f"{where}: select() must return each head's indices ascending, without repeats")

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kvbench import attention
+from kvbench import attention, devices
 from kvbench.cache import KVCache
 from kvbench.ledger import FootprintStats, Ledger
 from kvbench.method import Method, ModelShape, Phase
+from kvbench.step import Step
 
 DEFAULT_CHUNK_SIZE = 32768
 QUERY_MODES = ("aware", "agnostic")  # the question prefilled with its context, or run after the context's eviction
@@ -40,6 +41,9 @@ class Generation:
     finish_reason: str  # "length", "eos" or "stop"
     logits: list[torch.Tensor] = field(default_factory=list)  # next-token logits per generated token, on request
     trace: list[dict] | None = None  # KV held over the request (ledger.Trace's points), on request
+    # The allocator's peak over the request on each GPU the model uses (weights included), reset when it began;
+    # with several questions of one context, over the whole group. Empty on a CPU.
+    device_peak_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def generate(
@@ -79,7 +83,7 @@ def generate(
     run = _Request(model, method, len(ids), **options)
     ids = ids.to(run.device)
     with kvbench_attention(model), torch.inference_mode():
-        logits = prefill(model, run.cache, ids, chunk_size)
+        logits = prefill(model, run.cache, ids, chunk_size, run.kernel)
         return run.decode(model, run.cache, logits, prompt_tokens=len(ids), fed_steps=0)
 
 
@@ -112,14 +116,14 @@ def generate_many(
     context_ids = context_ids.to(run.device)
     results = []
     with kvbench_attention(model), torch.inference_mode():
-        prefill(model, run.cache, context_ids, run.chunk_size)
+        prefill(model, run.cache, context_ids, run.chunk_size, run.kernel)
         run.cache.ledger.share_prefix(len(context_ids), len(question_ids))
         for number, question in enumerate(question_ids, start=1):
             # Each question gets a copy of the kept context (and of the method's state); the last takes the
             # original, which nothing needs after it: a single question copies nothing.
             cache = run.cache if number == len(question_ids) else copy.deepcopy(run.cache)
             question = question.to(run.device)
-            logits = forward_step(model, cache, question, len(context_ids), Phase(True, 0))
+            logits = forward_step(model, cache, question, len(context_ids), Phase(True, 0), kernel=run.kernel)
             results.append(run.decode(model, cache, logits, prompt_tokens=len(context_ids) + len(question),
                                       fed_steps=1))
     return results
@@ -138,12 +142,14 @@ class _Request:
         _check_positions(shape, prompt_tokens, max_new_tokens)
         self.method = method if method is not None else Full()
         self.method.bind(shape)
-        self.cache = KVCache(shape, self.method, Ledger(shape.num_layers, shape.num_kv_heads, trace=trace),
-                             attn_kernel=attn)
+        self.kernel = attention.select_kernel(model.device, model.dtype, shape.head_dim, attn)
+        self.cache = KVCache(shape, self.method, Ledger(shape.num_layers, shape.num_kv_heads, trace=trace))
         self.tokenizer, self.chunk_size, self.max_new_tokens, self.stop = tokenizer, chunk_size, max_new_tokens, stop
         self.eos = _eos_ids(model, tokenizer, eos_token_id)
         self.return_logits, self.stop_token_ids, self.trace = return_logits, stop_token_ids, trace
         self.device = model.device
+        self.gpus = devices.model_gpus(model)
+        devices.MEMORY.reset(self.gpus)  # the allocator's peak is this request's, on every GPU it uses
 
     def decode(self, model, cache: KVCache, logits, prompt_tokens: int, fed_steps: int) -> Generation:
         """Greedy decoding from the prompt's last logits. `fed_steps`: decode steps already taken (a
@@ -171,7 +177,7 @@ class _Request:
                 break
             step = torch.tensor([token], device=self.device)
             logits = forward_step(model, cache, step, prompt_tokens + decode_steps,
-                                  Phase(True, fed_steps + decode_steps))
+                                  Phase(True, fed_steps + decode_steps), kernel=self.kernel)
             decode_steps += 1
 
         text = None
@@ -188,6 +194,7 @@ class _Request:
             finish_reason=finish_reason,
             logits=all_logits,
             trace=cache.ledger.trace.all_points if self.trace else None,
+            device_peak_bytes=devices.MEMORY.peak(self.gpus),
         )
 
 
@@ -199,6 +206,7 @@ class Scoring:
     is_greedy: bool  # every continuation token is the argmax after what precedes it
     token_logprobs: list[float]
     stats: FootprintStats
+    device_peak_bytes: dict[str, int] = field(default_factory=dict)  # as Generation's
 
 
 def score_continuation(
@@ -226,16 +234,18 @@ def score_continuation(
         raise ValueError("the context is empty: the first continuation token has nothing to be predicted from")
     fed = target[:-1]  # the last continuation token is predicted, never fed
     run = _Request(model, method, len(context_ids) + len(fed), chunk_size=chunk_size, max_new_tokens=0, attn=attn)
-    cache, method, shape, device = run.cache, run.method, run.cache.shape, run.device
+    cache, method, shape, device, kernel = run.cache, run.method, run.cache.shape, run.device, run.kernel
     context_ids, fed, target = context_ids.to(device), fed.to(device), target.to(device)
     with kvbench_attention(model), torch.inference_mode():
-        pieces = [prefill(model, cache, context_ids, chunk_size)[None]]
+        pieces = [prefill(model, cache, context_ids, chunk_size, kernel)[None]]
         if len(fed) and method.evicts_while_decoding():
             for step, token in enumerate(fed):
-                pieces.append(forward_step(model, cache, token[None], len(context_ids) + step, Phase(True, step))[None])
+                pieces.append(forward_step(model, cache, token[None], len(context_ids) + step, Phase(True, step),
+                                           kernel=kernel)[None])
         elif len(fed):
             held = cache.num_held
-            pieces.append(forward_step(model, cache, fed, len(context_ids), Phase(True, 0), all_logits=True))
+            pieces.append(forward_step(model, cache, fed, len(context_ids), Phase(True, 0), all_logits=True,
+                                       kernel=kernel))
             if cache.num_held != held + len(fed) * shape.num_layers * shape.num_kv_heads:
                 raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
                                  "says it never does; a continuation would be scored wrongly")
@@ -246,10 +256,12 @@ def score_continuation(
         is_greedy=bool((logits.argmax(dim=-1) == target).all()),
         token_logprobs=logprobs.tolist(),
         stats=cache.ledger.stats(tokens=len(context_ids) + len(fed)),
+        device_peak_bytes=devices.MEMORY.peak(run.gpus),
     )
 
 
-def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int,
+            kernel: attention.Kernel | None = None) -> torch.Tensor:
     """Run the prompt through the cache in chunks; return the last position's logits.
 
     Under a patched schedule, every chunk but the last carries the prompt's last tokens, for the
@@ -263,28 +275,30 @@ def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int) -> torch.
         chunk = ids[start : start + chunk_size]
         tail = scoring if index < num_chunks - 1 else 0
         tokens = torch.cat([chunk, ids[len(ids) - tail :]]) if tail else chunk
-        positions = torch.arange(start, start + len(chunk), device=ids.device)
-        if tail:
-            positions = torch.cat([positions, torch.arange(len(ids) - tail, len(ids), device=ids.device)])
-        logits = forward_step(model, cache, tokens, positions, Phase(False, index, num_chunks), scoring=tail)
+        runs = [(start, len(chunk))] + ([(len(ids) - tail, tail)] if tail else [])
+        logits = forward_step(model, cache, tokens, runs, Phase(False, index, num_chunks), scoring=tail,
+                              kernel=kernel)
     return logits
 
 
-def forward_step(model, cache: KVCache, tokens, positions, phase: Phase, all_logits=False, scoring=0):
-    """One forward of `tokens` at true `positions` through the cache; the last logits, or every fed token's
-    (less the scoring tail's, which only the method sees)."""
-    if isinstance(positions, int):
-        positions = torch.arange(positions, positions + len(tokens), device=tokens.device)
-    cache.begin_step(phase, positions, scoring)
+def forward_step(model, cache: KVCache, tokens, positions, phase: Phase, all_logits=False, scoring=0,
+                 kernel: attention.Kernel | None = None):
+    """One forward of `tokens` through the cache, at true positions: `positions` is the first one (consecutive
+    tokens) or [(first, count), ...] runs of consecutive ones. Returns the last logits, or every fed token's (less
+    the scoring tail's, which only the method sees). The step (kvbench.step.Step) appends, attends and evicts."""
+    runs = [(positions, len(tokens))] if isinstance(positions, int) else list(positions)
+    if kernel is None:
+        kernel = attention.select_kernel(model.device, model.dtype, cache.shape.head_dim)
+    step = Step(cache, phase, runs, tokens.device, kernel, scoring)
     output = model(
         input_ids=tokens[None],
-        position_ids=positions[None],
+        position_ids=step.positions[None],
         use_cache=True,
         logits_to_keep=0 if all_logits else 1,
-        kvbench_cache=cache,
+        kvbench_step=step,
         **{cache_argument(model): cache},
     )
-    cache.ledger.end_step()
+    step.finish()
     return output.logits[0, : len(tokens) - scoring] if all_logits else output.logits[0, -1]
 
 
@@ -322,8 +336,6 @@ def _check_request(model, chunk_size, max_new_tokens, attn, stop, tokenizer) -> 
         raise ValueError(f"chunk_size must be a positive integer (1 or more tokens per prefill chunk); got {chunk_size!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
-    if attn not in attention.ATTENTION_KERNELS:
-        raise ValueError(f"attn must be one of {', '.join(attention.ATTENTION_KERNELS)}; got {attn!r}")
     if stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer to read the generated text")
     attention.require_attention_interface(model, "kvbench cannot manage its KV cache")

@@ -20,6 +20,10 @@ class FootprintStats:
     kv_peak_bytes: int  # largest physical KV memory held at once, all layers, in the order they ran
     kv_entries: int  # largest number of KV entries held at once, all layers and KV heads
     tokens: int  # T: tokens the model processed (prompt plus decode steps)
+    # The largest KV memory at any moment counting transient buffers: a concatenation's new tensor while the old is
+    # alive, an eviction's gathered copy, the dequantized copies a quantized group is read through, and the patched
+    # schedule's scoring tail. kv_peak_bytes (entries held, the paper's quantity) plus these explain the allocator.
+    kv_transient_peak_bytes: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +82,7 @@ class Ledger:
         self._step_held = 0.0
         self.bytes_now = self.peak_bytes = 0
         self.entries_now = self.peak_entries = 0
+        self.peak_transient_bytes = 0
         self.trace = Trace() if trace else None
         self._step = {"new": 0, "active": 0.0, "weight": 1.0, "bytes_peak": 0}
         self._shared = (0.0, 0.0)  # the shared prefix's active entries and full attention's, not counted here
@@ -125,6 +130,10 @@ class Ledger:
         if self.trace is not None:
             self._step["bytes_peak"] = max(self._step["bytes_peak"], self.bytes_now)
 
+    def record_transient(self, physical_bytes: int) -> None:
+        """Every K/V byte alive at a moment of a step, transient buffers included (the Step tells)."""
+        self.peak_transient_bytes = max(self.peak_transient_bytes, physical_bytes)
+
     def stats(self, tokens: int) -> FootprintStats:
         not_mine, full_not_mine = self._shared
         full = tokens * (tokens + 1) / 2 - full_not_mine
@@ -135,6 +144,7 @@ class Ledger:
             kv_peak_bytes=self.peak_bytes,
             kv_entries=self.peak_entries,
             tokens=tokens,
+            kv_transient_peak_bytes=max(self.peak_transient_bytes, self.peak_bytes),
         )
 
 

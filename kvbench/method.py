@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from kvbench.quant import KV_BITS
 
+SCORE_BLOCK_BYTES = 256 * 2**20  # the most fp32 attention weights KeepView.attention_scores holds at once
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -81,21 +83,33 @@ class KeepView:
         return self.positions.shape[-1]
 
     def keep_ranges(self, *ranges: range) -> torch.Tensor:
-        """The same held indices (union of ranges, ascending) for every head of the group: [h, k]."""
-        index = torch.cat([torch.arange(r.start, r.stop, device=self.positions.device) for r in ranges])
-        return index.unique(sorted=True).expand(len(self.heads), -1)
+        """The same held indices (union of ranges, ascending) for every head of the group: [h, k]. The union is
+        taken on the host (no device round trip), then made on the device in one piece per disjoint range."""
+        merged: list[list[int]] = []
+        for r in sorted((r for r in ranges if len(r)), key=lambda r: r.start):
+            if merged and r.start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], r.stop)
+            else:
+                merged.append([r.start, r.stop])
+        index = torch.cat([torch.arange(start, stop, device=self.positions.device) for start, stop in merged]
+                          or [torch.zeros(0, dtype=torch.long, device=self.positions.device)])
+        return index.expand(len(self.heads), -1)
 
-    def attention_scores(self, last: int | None = None, block: int = 256, since: int = 0) -> torch.Tensor:
+    def attention_scores(self, last: int | None = None, block: int | None = None, since: int = 0) -> torch.Tensor:
         """Attention weights of the step's last `last` queries over the held entries, pooled per KV head.
 
         Softmax over what each query could see from held index `since` on (the held past entries, and the
         step's own up to itself), averaged over the query heads of each KV head and over the queries: [h, n],
         0 before `since`. Pooling over the GQA group gives one kept set per KV head, never a copy per query
         head. Queries are taken in blocks so that scoring a long chunk never materialises chunk x held
-        weights at once.
+        weights at once: by default 256, or fewer where their fp32 weights would pass SCORE_BLOCK_BYTES (256 of an
+        H2O step's queries over 128K held entries of Llama-8B's 32 query heads would be 4 GiB).
         """
         queries = self.queries if last is None else self.queries[:, :, -last:]
         count, held = queries.shape[2], self.num_held
+        if block is None:
+            per_query = 4 * queries.shape[0] * queries.shape[1] * max(held - since, 1)
+            block = max(1, min(256, SCORE_BLOCK_BYTES // per_query))
         keys = self.keys[:, since:].float()
         total = torch.zeros(keys.shape[0], held - since, device=keys.device)
         for start in range(0, count, block):

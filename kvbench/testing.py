@@ -150,11 +150,26 @@ def _keeps_everything(cls, params, models) -> str:
     for label, model in models.items():
         method = _build(cls, params, **cls.keeps_everything)
         got, want = _run(model, method, 7), _run(model, Full(kv_bits=method.kv_bits), 7)
-        assert got.token_ids == want.token_ids, f"{label}: tokens differ from full attention"
-        difference = (torch.stack(got.logits) - torch.stack(want.logits)).abs().max().item()
-        assert difference < 1e-4, f"{label}: logits differ from full attention by {difference:.2e}"
-        assert got.stats == want.stats, f"{label}: footprint {got.stats} != full attention's {want.stats}"
+        _same_greedy(got, want, 1e-4, label)
+        # What is held (the footprint, peaks, bytes, entries); the transient peak may differ (a patched schedule
+        # holds its scoring tail while it scores, then drops it).
+        held, full = (dataclasses.replace(stats, kv_transient_peak_bytes=0) for stats in (got.stats, want.stats))
+        assert held == full, f"{label}: footprint {got.stats} != full attention's {want.stats}"
     return f"with {cls.keeps_everything}: same tokens, logits and footprint as full attention"
+
+
+def _same_greedy(got, want, tolerance: float, label: str) -> None:
+    """The same logits within `tolerance` at every step, and the same tokens wherever full attention's choice is
+    decisive (its top two logits further apart than the tolerance could move them): two computations may round
+    differently, and a near-tie is theirs to break either way. After a tie broken differently the runs part."""
+    for step, (mine, theirs) in enumerate(zip(got.logits, want.logits)):
+        difference = (mine - theirs).abs().max().item()
+        assert difference < tolerance, f"{label}: logits differ from full attention by {difference:.2e} (step {step})"
+        top = theirs.topk(2).values
+        if got.token_ids[step] != want.token_ids[step]:
+            assert (top[0] - top[1]).item() <= 2 * tolerance, f"{label}: tokens differ from full attention"
+            return
+    assert len(got.token_ids) == len(want.token_ids), f"{label}: tokens differ from full attention"
 
 
 def _phases(cls, params, models) -> str:

@@ -130,3 +130,65 @@ def test_analytic_formula_rejects_bad_settings():
         analytic_footprint(10, 0, 4, "sliding")
     with pytest.raises(ValueError, match="prompt_len and chunk_size must be >= 1"):
         analytic_footprint(10, 0, 0)
+
+
+# ---- the allocator's peak, per request and device ----
+
+
+class FakeAllocator:
+    """A stand-in for torch.cuda's memory statistics on one fake GPU, which sees the request's cache after each step:
+    `reset` starts a request's high-water mark, `peak` reads it."""
+
+    def __init__(self):
+        self.high, self.resets = 0, 0
+
+    def reset(self, gpus):
+        assert gpus == ["fake:0"]
+        self.high, self.resets = 0, self.resets + 1
+
+    def peak(self, gpus):
+        return {"fake:0": self.high}
+
+    def observe(self, nbytes):
+        self.high = max(self.high, nbytes)
+
+
+def test_the_allocator_peak_is_reset_per_request_and_recorded_per_device(monkeypatch, small_model):
+    from kvbench import devices, step
+    from kvbench.lmeval.tally import FootprintTally
+
+    fake = FakeAllocator()
+    monkeypatch.setattr(devices, "MEMORY", fake)
+    monkeypatch.setattr(devices, "model_gpus", lambda model: ["fake:0"])
+    finish = step.Step.finish
+
+    def seen(self):
+        fake.observe(self.cache.nbytes)
+        return finish(self)
+
+    monkeypatch.setattr(step.Step, "finish", seen)
+    long = generate(small_model, random_prompt(400), max_new_tokens=2, eos_token_id=[])
+    short = generate(small_model, random_prompt(40), max_new_tokens=2, eos_token_id=[])
+    assert fake.resets == 2
+    # Each request's own peak: the cache it held (a process-lifetime maximum would give the short one the long's).
+    assert long.device_peak_bytes == {"fake:0": long.stats.kv_peak_bytes}
+    assert short.device_peak_bytes == {"fake:0": short.stats.kv_peak_bytes} and short.stats.kv_peak_bytes < long.stats.kv_peak_bytes / 5
+    tally = FootprintTally()
+    for generation in (long, short):
+        tally.add("task", generation.stats, doc_id=0, device_peak_bytes=generation.device_peak_bytes)
+    summary = tally.summary()
+    assert summary["tasks"]["task"]["gpu_peak_allocated_bytes"] == {"fake:0": long.stats.kv_peak_bytes}
+    assert summary["gpu_peak_allocated_bytes_total"] == long.stats.kv_peak_bytes
+
+
+def test_the_transient_peak_counts_the_double_buffer_of_an_append_and_the_copy_of_an_eviction(small_model):
+    """Full attention, 200 tokens in chunks of 64 on a 2-layer model: the last chunk's append in layer 1 makes the
+    200-entry tensors while layer 1's 192 old ones are still alive, beside layer 0's 200: 592 entries' bytes at once,
+    against the 400 held (kv_peak_bytes). An eviction gathers its kept copy beside what it evicts from."""
+    per_entry = bytes_per_entry(small_model) * small_model.config.num_key_value_heads  # one layer, every KV head
+    full = generate(small_model, random_prompt(200), max_new_tokens=1, chunk_size=64)
+    assert full.stats.kv_peak_bytes == 400 * per_entry
+    assert full.stats.kv_transient_peak_bytes == (200 + 192 + 200) * per_entry
+    evicting = generate(small_model, random_prompt(200), StreamingLLM(sink=0, window=20), max_new_tokens=1,
+                        chunk_size=64)
+    assert evicting.stats.kv_transient_peak_bytes > evicting.stats.kv_peak_bytes

@@ -248,6 +248,14 @@ def test_bad_method_parameter_is_named_with_the_methods_parameters(checkpoint, p
     assert "chunk_size" in str(error.value)  # a misspelt backend argument is recognisable too
 
 
+def test_a_kernel_that_cannot_run_is_refused_at_load_and_the_one_that_runs_is_recorded(checkpoint):
+    with pytest.raises(ValueError, match="attn=flash runs the flash-attn package on CUDA; this model is on the CPU"):
+        backend(checkpoint, attn="flash")
+    lm = backend(checkpoint)
+    assert lm.get_model_info()["kvbench"]["attention_kernel"] == {
+        "full attention": "cpu-fused (aten._scaled_dot_product_flash_attention_for_cpu)"}
+
+
 @pytest.fixture
 def backend_log(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("lm_eval"), "propagate", True)  # lm-eval's logging set-up turns it off

@@ -387,3 +387,31 @@ def test_binary_pattern_files_read_like_tsv(tmp_path):
         method = DuoAttention(pattern=str(tmp_path / name), head_sparsity=0.5)
         assert torch.equal(method.streaming, tsv.streaming)
     assert tsv.streaming.tolist() == [[False, True], [True, False]]
+
+
+def test_attention_scores_hold_at_most_their_memory_budget_and_give_the_same_scores(monkeypatch):
+    """H2O scores every query of a step: in blocks whose fp32 weights stay within SCORE_BLOCK_BYTES, whatever the
+    block, the same scores (at 128K held, 256 queries of Llama-8B's 32 query heads would be 4 GiB at once)."""
+    import kvbench.method as method_module
+
+    torch.manual_seed(0)
+    heads, per_head, held, new = 2, 2, 300, 120
+    view = KeepView(layer=0, group=0, heads=[0, 1], phase=Phase(False, 1, 3),
+                    positions=torch.arange(held).expand(heads, -1), keys=torch.randn(heads, held, 8),
+                    values=torch.randn(heads, held, 8), queries=torch.randn(heads, per_head, new, 8), num_new=new,
+                    scaling=8**-0.5)
+    default = view.attention_scores()
+    sizes = []
+    einsum = torch.einsum
+
+    def recording(*args):
+        out = einsum(*args)
+        sizes.append(out.numel() * 4)
+        return out
+
+    budget = 4 * heads * per_head * held * 16  # 16 queries' weights
+    monkeypatch.setattr(method_module, "SCORE_BLOCK_BYTES", budget)
+    monkeypatch.setattr(torch, "einsum", recording)
+    bounded = view.attention_scores()
+    assert len(sizes) == -(-new // 16) and max(sizes) <= budget
+    torch.testing.assert_close(bounded, default, atol=1e-6, rtol=1e-5)

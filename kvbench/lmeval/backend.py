@@ -24,9 +24,11 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 import kvbench
+from kvbench import attention
 from kvbench.data.common import SOURCES, Template, question_token, truncate_context
 from kvbench.engine import DEFAULT_CHUNK_SIZE, QUERY_MODES, generate, generate_many, score_continuation
 from kvbench.lmeval.tally import FootprintTally
+from kvbench.method import ModelShape
 from kvbench.plugins import describe_parameters, load_method, method_class
 from kvbench.tiny import resolve_pretrained
 
@@ -117,10 +119,13 @@ class KVBenchLM(TemplateLM):
             self._model.to(self._device)
         else:  # the layers stay where the device map put them; requests start on the embeddings' device
             self._device = self._model.device
+        # The attention kernel this model runs with, or the one-line reason there is none (at load, not mid-run).
+        self.kernel = attention.select_kernel(self._model.device, self._model.dtype,
+                                              ModelShape.from_config(self._model.config).head_dim, attn)
         self._max_length = int(max_length) if max_length else None
         self.chat_template_args: dict = {}
         self.tally = FootprintTally()
-        self._pending_stats: list = []  # per-request stats of a loglikelihood call, in request order
+        self._pending: list = []  # what each request of a loglikelihood call ran as, in request order
 
     def _data_parallel(self, device: torch.device) -> torch.device:
         """Under `accelerate launch` or `torchrun`, each process takes its share of the requests, as lm-eval's hf
@@ -151,20 +156,23 @@ class KVBenchLM(TemplateLM):
         if self.world_size > 1:
             self.accelerator.wait_for_everyone()
 
-    def _gather_tallies(self) -> None:
-        """After each request type (every process runs it, in step): the tallies go to rank 0, whose results file
-        then holds every process's requests, as a single process would."""
+    def gather_tallies(self) -> None:
+        """Once, after every request type has run (the lm-eval hook calls it on every process, after `evaluate`):
+        the tallies go to rank 0, whose results file then holds every process's requests, as a single process would.
+        A process that ran no request of some type (or none at all) hands over what it has, possibly nothing."""
         if self.world_size > 1:
             parts = self.gather_object(self.tally.export())
             if self.rank == 0:
                 for part in parts:
                     self.tally.absorb(part)
 
-    def _count(self, request, *stats) -> None:
-        """A request's footprint into its task's tally, under its document (the per-sample rows read it there)."""
+    def _count(self, request, *results) -> None:
+        """A request's footprint (and its allocator peaks) into its task's tally, under its document (the per-sample
+        rows read it there). `results`: the Generation or Scorings it ran as."""
         doc = getattr(request, "doc", None) or {}
-        self.tally.add(request.task_name, *stats, doc_id=getattr(request, "doc_id", None),
-                       context_group=doc.get("context_group") if isinstance(doc, dict) else None)
+        self.tally.add(request.task_name, *[r.stats for r in results], doc_id=getattr(request, "doc_id", None),
+                       context_group=doc.get("context_group") if isinstance(doc, dict) else None,
+                       device_peak_bytes=_largest(r.device_peak_bytes for r in results))
 
     def _tallied(self, requests) -> list[bool]:
         """Whether each request counts in the tallies. With several processes, lm-eval pads a process's requests
@@ -227,12 +235,11 @@ class KVBenchLM(TemplateLM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         self._refuse_agnostic(requests, "log-likelihood")
-        self._pending_stats = []  # _loglikelihood_tokens fills it in request order
+        self._pending = []  # _loglikelihood_tokens fills it in request order
         results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        for request, stats, counted in zip(requests, self._pending_stats, self._tallied(requests), strict=True):
+        for request, ran, counted in zip(requests, self._pending, self._tallied(requests), strict=True):
             if counted:
-                self._count(request, stats)
-        self._gather_tallies()
+                self._count(request, ran)
         return results
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
@@ -248,14 +255,14 @@ class KVBenchLM(TemplateLM):
                         generate, self._model, inputs, self.method, chunk_size=self.chunk_size, max_new_tokens=1,
                         eos_token_id=[], attn=self.attn, return_logits=True,
                     )
-                    shared = (inputs, last.logits[0].log_softmax(-1), last.stats)
+                    shared = (inputs, last.logits[0].log_softmax(-1), last)
                 logprobs, token = shared[1], continuation[0]
                 results.append((float(logprobs[token]), bool(logprobs.argmax() == token)))
-                self._pending_stats.append(shared[2])
+                self._pending.append(shared[2])
             else:
                 scoring = self._score(context, continuation)
                 results.append((scoring.logprob, scoring.is_greedy))
-                self._pending_stats.append(scoring.stats)
+                self._pending.append(scoring)
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, results[-1])
         return results
@@ -273,9 +280,8 @@ class KVBenchLM(TemplateLM):
             scorings = [self._score(*make_disjoint_window(window)) for window in windows]
             results.append(sum(s.logprob for s in scorings))
             if counted:  # one request, however many windows
-                self._count(request, *[s.stats for s in scorings])
+                self._count(request, *scorings)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), results[-1])
-        self._gather_tallies()
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -307,12 +313,11 @@ class KVBenchLM(TemplateLM):
                 request = requests[index]
                 answer = KVText(generation.text, {**generation.stats.as_dict(), "trace": generation.trace})
                 if counted[index]:
-                    self._count(request, generation.stats)
+                    self._count(request, generation)
                 results[index] = answer
                 self.cache_hook.add_partial("generate_until", request.args, str(answer))
             progress.update(len(group))
         progress.close()
-        self._gather_tallies()
         return results
 
     def _context_groups(self, requests) -> list[list[int]]:
@@ -441,6 +446,7 @@ class KVBenchLM(TemplateLM):
             "chunk_size": self.chunk_size,
             "query": self.query,
             "attn": self.attn,
+            "attention_kernel": self._kernels(),
             "model": self.pretrained,
             "model_dtype": str(self._model.dtype),
             "device": str(self._device),
@@ -452,9 +458,29 @@ class KVBenchLM(TemplateLM):
         }
         # Which data each task ran on (HELMET's files and their SHA-256, or a generator and its version).
         run["data"] = {task: SOURCES[task] for task in run["tasks"] if task in SOURCES}
-        if self._device.type == "cuda":
-            run["gpu_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self._device)
         return {"kvbench": run}
+
+    def _kernels(self) -> dict[str, str]:
+        """The attention kernel each kind of layer ran: sliding-window layers go by blocks of positions where their
+        window may cut into what is held."""
+        kernels = {"full attention": self.kernel.name}
+        config = self._model.config
+        if getattr(config, "sliding_window", None):
+            types = getattr(config, "layer_types", None) or ["sliding_attention"]
+            if "sliding_attention" in types:
+                kernels["sliding window"] = f"{self.kernel.name}, by position blocks where the window cuts"
+                if "full_attention" not in types:
+                    del kernels["full attention"]
+        return kernels
+
+
+def _largest(peaks) -> dict[str, int]:
+    """Per device, the largest of several allocator peaks (a request scored in several windows)."""
+    out: dict[str, int] = {}
+    for peak in peaks:
+        for device, value in peak.items():
+            out[device] = max(out.get(device, 0), value)
+    return out
 
 
 def _context_span(prompt: str, doc: dict) -> slice | None:

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from kvbench.ledger import FootprintStats
 
-AVERAGED = ("kv_footprint", "kv_peak", "kv_peak_bytes", "tokens")
+AVERAGED = ("kv_footprint", "kv_peak", "kv_peak_bytes", "kv_transient_peak_bytes", "tokens")
 
 
 class FootprintTally:
@@ -16,15 +16,19 @@ class FootprintTally:
         self.seconds = 0.0  # time spent in the engine, all requests
 
     def add(self, task: str | None, *stats: FootprintStats, doc_id: int | None = None,
-            context_group: str | None = None) -> None:
+            context_group: str | None = None, device_peak_bytes: dict[str, int] | None = None) -> None:
         """One lm-eval request of document `doc_id`. A rolling-loglikelihood request scored in several windows
-        passes them all: it counts once, with its windows' mean footprint and their largest peaks."""
+        passes them all: it counts once, with its windows' mean footprint and their largest peaks.
+        `device_peak_bytes`: the allocator's peak on each GPU over the request (reset when it began)."""
         row = {
             "kv_footprint": sum(s.kv_footprint for s in stats) / len(stats),
             "kv_peak": max(s.kv_peak for s in stats),
             "kv_peak_bytes": max(s.kv_peak_bytes for s in stats),
+            "kv_transient_peak_bytes": max(s.kv_transient_peak_bytes for s in stats),
             "tokens": sum(s.tokens for s in stats),
         }
+        if device_peak_bytes:
+            row["device_peak_bytes"] = dict(device_peak_bytes)
         if doc_id is not None:
             row["doc_id"] = doc_id
         if context_group:
@@ -56,6 +60,7 @@ class FootprintTally:
                 "kv_footprint": sum(r["kv_footprint"] for r in rows) / len(rows),
                 "kv_peak": max(r["kv_peak"] for r in rows),
                 "kv_peak_bytes": max(r["kv_peak_bytes"] for r in rows),
+                "kv_transient_peak_bytes": max(r["kv_transient_peak_bytes"] for r in rows),
                 "tokens": sum(r["tokens"] for r in rows),
                 "requests": len(rows),
             }
@@ -68,12 +73,28 @@ class FootprintTally:
         for task, rows in sorted(self.per_task.items()):
             tasks[task] = {key: sum(r[key] for r in rows) / len(rows) for key in AVERAGED}
             tasks[task]["kv_peak_bytes_max"] = max(r["kv_peak_bytes"] for r in rows)
+            tasks[task]["kv_transient_peak_bytes_max"] = max(r["kv_transient_peak_bytes"] for r in rows)
             tasks[task]["requests"] = len(rows)
+            tasks[task].update(_device_peaks(rows))
         tokens = sum(r["tokens"] for rows in self.per_task.values() for r in rows)
         return {
             "requests": sum(len(rows) for rows in self.per_task.values()),
             "tokens": tokens,
             "wall_time_s": self.seconds,
             "tokens_per_second": tokens / self.seconds if self.seconds else None,
+            **_device_peaks([r for rows in self.per_task.values() for r in rows]),
             "tasks": tasks,
         }
+
+
+def _device_peaks(rows: list[dict]) -> dict:
+    """The allocator's largest per-request peak on each GPU (weights included), and their sum: an upper bound on
+    what one request needed over all GPUs (each GPU's largest may come from a different request). Nothing on a CPU."""
+    peaks: dict[str, int] = {}
+    for row in rows:
+        for device, value in row.get("device_peak_bytes", {}).items():
+            peaks[device] = max(peaks.get(device, 0), value)
+    if not peaks:
+        return {}
+    return {"gpu_peak_allocated_bytes": dict(sorted(peaks.items())),
+            "gpu_peak_allocated_bytes_total": sum(peaks.values())}
