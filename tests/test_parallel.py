@@ -31,12 +31,12 @@ def checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
-def lm_eval(launcher: list[str], checkpoint, out: Path) -> dict:
+def lm_eval(launcher: list[str], checkpoint, out: Path, *selection: str) -> dict:
     # 3 documents per task: two processes get 2 and 1, and lm-eval pads the second with a copy of its last request.
     args = [*launcher, "--model", "kvbench", "--model_args",
             f"pretrained={checkpoint},method=snapkv,keep=0.3,recent=4,obs_window=4,chunk_size=16",
-            "--tasks", "kvbench_test_recall,kvbench_test_choice", "--include_path", str(TASKS), "--limit", "3",
-            "--output_path", str(out)]
+            "--tasks", "kvbench_test_recall,kvbench_test_choice", "--include_path", str(TASKS),
+            *(selection or ("--limit", "3")), "--output_path", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     [results] = glob.glob(str(out / "*" / "results_*.json"))
@@ -54,6 +54,24 @@ def test_two_data_parallel_processes_give_the_single_process_results(checkpoint,
         one, two = single["config"]["kvbench"]["tasks"][task], double["config"]["kvbench"]["tasks"][task]
         assert two == pytest.approx(one)  # the padded copy ran but counts once: the same requests, the same means
     assert double["config"]["kvbench"]["requests"] == single["config"]["kvbench"]["requests"]
+
+
+@pytest.mark.slow
+def test_a_process_without_a_loglikelihood_request_still_hands_over_its_tallies(checkpoint):
+    """Rank 0 alone runs log-likelihood requests; the other process runs none of that type. Tallies are handed to
+    rank 0 once, after every request type, so both processes meet: the single process's tallies (before, each
+    request type gathered apart and the second process never came to that gather)."""
+    script = [str(Path(__file__).parent / "dp_tallies.py"), str(checkpoint)]
+    runs = []
+    for launcher in ([sys.executable], [str(BIN / "torchrun"), "--nproc_per_node", "2"]):
+        done = subprocess.run([*launcher, *script], capture_output=True, text=True, env=ENV, timeout=240)
+        assert done.returncode == 0, done.stderr[-4000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    single, double = runs
+    assert single["choice"]["requests"] == 2 and single["gen"]["requests"] == 4
+    assert double.keys() == single.keys()
+    for task in single:
+        assert double[task] == pytest.approx(single[task])
 
 
 def test_a_device_map_keeps_each_layers_cache_on_its_device_and_the_footprint(checkpoint, monkeypatch):

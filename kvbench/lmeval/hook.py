@@ -17,7 +17,8 @@ watches two lm-eval modules and, right after lm-eval has executed them:
 - `lm_eval._cli.harness`: kvbench's own errors print as one line (KVBENCH_DEBUG=1: the traceback).
 - `lm_eval.loggers.utils`: lm-eval's `git describe` runs without printing git's "fatal:" line.
 - `lm_eval.evaluator`: for a kvbench model, `evaluate` always logs per-sample results and hands them to
-  kvbench (kvbench.lmeval.samples), which keeps them whole only when they were asked for.
+  kvbench (kvbench.lmeval.samples), which keeps them whole only when they were asked for; with several
+  processes, each hands its footprint tallies to rank 0 once, after every request type has run.
 - `lm_eval.loggers.evaluation_tracker`: the compact per-sample rows of a kvbench run are written beside the
   results file, `samples_<task>_<date>.jsonl`, also without `--log_samples`.
 
@@ -199,6 +200,7 @@ def patch_evaluate(evaluator) -> None:
         asked = bool(bound.arguments.get("log_samples"))
         bound.arguments["log_samples"] = True
         results = original(*bound.args, **bound.kwargs)
+        lm.gather_tallies()  # every process, once, after every request type: the footprints meet on rank 0
         if results is None:  # a data-parallel process other than rank 0
             return None
         from kvbench.lmeval.samples import attach
