@@ -1,22 +1,25 @@
-"""One-GPU check: kvbench at 32K and 128K tokens on the Llama-3.1-8B architecture (random bf16 weights).
+"""The prepared GPU check: kvbench on the Llama-3.1-8B architecture (random bf16 weights) at 8K, 32K and 128K tokens,
+and a sliding-window model at 64K, in one process, inside 8 minutes on one H100/H200.
 
-Measured per prompt length, in one process, one case after another on the same model:
-- prefill tokens/s of kvbench `full` against the plain transformers model with the same attention
-  kernel (sdpa, or flash-attn with --attn flash); kvbench both in one chunk (the engine's own overhead)
-  and in chunks of 32768 (how the paper runs it);
-- decode tokens/s (greedy, --decode steps after the prompt);
-- peak allocated GPU memory of `full`, `snapkv` post-fill and `snapkv` chunked at keep 0.3, and
-  `duoattention` at 70% streaming heads (all chunk 32768), against the ledger's `kv_peak_bytes`
-  plus the weights and an estimate of the largest activation.
+Every case runs in its own try with its own time budget, and writes its JSON line (to stdout and, appended, to
+--json) the moment it ends, so a case that fails, runs out of memory or out of time costs only itself, and a hard
+timeout still leaves every finished case on disk. The script imports this checkout's kvbench (not an installed one)
+and exits non-zero naming the cases that failed.
 
-    bash benchmarks/gpu_check.sh                        # the real check (CUDA, no network)
-    KVBENCH_GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh   # a tiny config, runs anywhere in seconds
+Cases (full size; --tiny: the same cases on toy sizes, any machine, seconds):
+- `logits_vs_hf`: kvbench `full` (chunks of 2048) against the plain transformers model at 8K tokens: the teacher-forced
+  log-probabilities of 16 continuation tokens, their largest difference (a tolerance, not greedy tokens, which near-tie
+  on random weights);
+- `hf` at 32K and 128K: the plain model's prefill in one forward (sdpa): time and the allocator's peak;
+- `full`, `snapkv` (patched, keep 0.3), `duoattention` (70% streaming heads, seeded gates), `streamingllm` at 32K and
+  128K in chunks of 32768: prefill time and its ratio to `hf`, the allocator's peak (reset per request by the engine)
+  beside the ledger's `kv_peak_bytes` and `kv_transient_peak_bytes` and the weights, the footprint, the kernel;
+- `sliding_window`: a Mistral-7B-shaped model (window 4096) at 64K tokens, `full` in chunks of 32768 against the plain
+  model: time, peaks, and the largest log-probability difference;
+- the multi-GPU cases (benchmarks/gpu_parallel.py), skipped, saying why, with one GPU.
 
-With 2 or more GPUs visible it first runs benchmarks/gpu_parallel.py's cases (data-parallel lm-eval over 2
-processes, a model split with parallelize=True); with fewer, it records them as skipped and says why.
-
-Writes a JSON (--json) and prints a table. Cases that would start after --budget-s are skipped and
-recorded as such, so the script stays inside its time box on a slower GPU.
+    bash benchmarks/gpu_check.sh --json gpu_check.jsonl           # on the GPU machine (see benchmarks/README.md)
+    KVBENCH_GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh          # tiny sizes, any machine
 """
 
 from __future__ import annotations
@@ -26,21 +29,25 @@ import contextlib
 import json
 import os
 import platform
+import signal
+import sys
 import tempfile
 import time
-from datetime import date
+import traceback
 from pathlib import Path
 
-import gpu_parallel  # beside this script
-import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's kvbench, before any installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # gpu_parallel, beside this script
 
-from kvbench import load_method
-from kvbench.cache import KVCache
-from kvbench.engine import forward_step, kvbench_attention, prefill
-from kvbench.method import ModelShape, Phase
+import torch  # noqa: E402
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM  # noqa: E402
 
-# Llama-3.1-8B's architecture (config.json of meta-llama/Llama-3.1-8B), written out: no network.
+import kvbench  # noqa: E402
+from kvbench import generate, load_method  # noqa: E402
+from kvbench.engine import cache_argument, score_continuation  # noqa: E402
+
+# Llama-3.1-8B's and Mistral-7B's architectures, written out: no network.
 LLAMA_31_8B = dict(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
     num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
@@ -48,244 +55,233 @@ LLAMA_31_8B = dict(
     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 8192},
 )
-# Same code path, toy sizes: lets CI and a CPU box run the whole script in seconds.
-TINY = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-)
-FULL_LENGTHS, TINY_LENGTHS = [32768, 131072], [256, 512]
-FULL_CHUNK, TINY_CHUNK = 32768, 128
-KEEP, STREAMING_SHARE = 0.3, 0.7
-# DuoAttention's streaming heads: kvbench's defaults; the tiny prompts need a smaller window to evict at all.
-FULL_SINK_WINDOW, TINY_SINK_WINDOW = (128, 1024), (16, 64)
+MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=65536,
+                  sliding_window=4096, rope_theta=10000.0)
+TINY_LLAMA = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
+TINY_MISTRAL = dict(TINY_LLAMA, sliding_window=48)
+SIZES = {  # lengths, chunk, logits case (prompt, chunk), sliding case (prompt, chunk), per-case seconds, sink/window
+    False: dict(lengths=[32768, 131072], chunk=32768, logits=(8192, 2048), sliding=(65536, 32768), case_s=90,
+                sink_window=(128, 1024)),
+    True: dict(lengths=[256, 512], chunk=128, logits=(200, 64), sliding=(300, 128), case_s=60, sink_window=(16, 64)),
+}
+KEEP, STREAMING_SHARE, CONTINUATION = 0.3, 0.7, 16
 
 
-def build_model(tiny: bool, attn: str, device: torch.device) -> LlamaForCausalLM:
-    config = LlamaConfig(**(TINY if tiny else LLAMA_31_8B))
-    config._attn_implementation = "flash_attention_2" if attn == "flash" else "sdpa"
+class CaseTimeout(Exception):
+    """A case ran past its budget (raised by SIGALRM between the case's operations)."""
+
+
+def build(config_class, model_class, settings: dict, device: torch.device):
+    config = config_class(**settings)
+    config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    # Built straight on the device in bf16: an fp32 8B model would first take 32 GB.
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16)  # straight to bf16 on the device: an fp32 8B model would take 32 GB first
     try:
         with device:
-            model = LlamaForCausalLM(config)
+            model = model_class(config)
     finally:
         torch.set_default_dtype(previous)
     return model.eval()
 
 
-class Clock:
-    """Wall time that waits for the GPU, and the peak allocated memory since `reset`."""
+class Check:
+    """Runs the cases; each one's line is written as it ends."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, args, device: torch.device):
+        self.args, self.device, self.began = args, device, time.perf_counter()
+        self.sizes = SIZES[args.tiny]
+        self.failed: list[str] = []
+        self.out = Path(args.json) if args.json else None
+        if self.out:
+            self.out.write_text("")
 
-    def now(self) -> float:
-        if self.cuda:
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def sync_time(self) -> float:
+        if self.cuda():
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def reset_peak(self) -> None:
-        if self.cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+    def write(self, row: dict) -> None:
+        line = json.dumps(row)
+        print(line, flush=True)
+        if self.out:
+            with self.out.open("a") as f:
+                f.write(line + "\n")
 
-    def allocated(self) -> int | None:
-        return torch.cuda.memory_allocated() if self.cuda else None
+    def case(self, name: str, run, **row) -> dict | None:
+        """Run one case in its own try and time budget; write its line whatever happens."""
+        row = {"case": name, **row}
+        left = self.args.budget_s - (time.perf_counter() - self.began)
+        if left < 5:
+            self.write(row | {"status": "skipped", "reason": f"past the {self.args.budget_s:.0f} s budget"})
+            return None
+        budget = max(1, int(min(self.sizes["case_s"], left)))
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(budget)
+        started = time.perf_counter()
+        try:
+            result = run()
+            row |= {"status": "ok", **result}
+        except CaseTimeout:
+            row |= {"status": "timed out", "reason": f"past its {budget} s budget"}
+            self.failed.append(name)
+        except Exception as error:  # noqa: BLE001 - one case's failure (OOM included) must not end the others
+            row |= {"status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
+                    "where": traceback.format_exc().strip().splitlines()[-3:]}
+            self.failed.append(name)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+            if self.cuda():
+                torch.cuda.empty_cache()
+        row["wall_s"] = round(time.perf_counter() - started, 2)
+        self.write(row)
+        return row
 
-    def peak(self) -> int | None:
-        return torch.cuda.max_memory_allocated() if self.cuda else None
+    # ---- what the cases run ----
+
+    def hf_prefill(self, model, ids) -> dict:
+        """The plain model's prefill in one forward (its own sdpa attention), into a DynamicCache."""
+        if self.cuda():
+            torch.cuda.reset_peak_memory_stats(self.device)
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            start = self.sync_time()
+            model(input_ids=ids[None], use_cache=True, logits_to_keep=1, **{cache_argument(model): cache})
+            seconds = self.sync_time() - start
+        peak = torch.cuda.max_memory_allocated(self.device) if self.cuda() else None
+        kv = sum(t.untyped_storage().nbytes() for layer in cache.layers for t in (layer.keys, layer.values))
+        del cache
+        return {"prefill_s": round(seconds, 3), "allocator_peak_bytes": peak, "kv_bytes": kv}
+
+    def kvbench_prefill(self, model, ids, method: str, params: dict, chunk: int) -> dict:
+        """kvbench.generate with one new token: the prefill under `method`, its ledger and the allocator's peak."""
+        start = self.sync_time()
+        result = generate(model, ids, load_method(method, **params), chunk_size=chunk, max_new_tokens=1,
+                          eos_token_id=[])
+        seconds = self.sync_time() - start
+        stats = result.stats
+        return {"prefill_s": round(seconds, 3), "kv_footprint": round(stats.kv_footprint, 4),
+                "kv_peak_bytes": stats.kv_peak_bytes, "kv_transient_peak_bytes": stats.kv_transient_peak_bytes,
+                "allocator_peak_bytes": max(result.device_peak_bytes.values(), default=None)}
+
+    def logprob_difference(self, model, ids, continuation, chunk: int) -> dict:
+        """Teacher-forced log-probabilities of `continuation` after `ids`: kvbench full (chunked) against the plain
+        model in one forward. Greedy tokens of random weights near-tie; log-probabilities do not."""
+        ours = score_continuation(model, ids, continuation, chunk_size=chunk).token_logprobs
+        with torch.inference_mode():
+            logits = model(input_ids=torch.cat([ids, continuation[:-1]])[None], use_cache=False,
+                           logits_to_keep=len(continuation)).logits[0].float()
+        theirs = logits.log_softmax(-1).gather(1, continuation[:, None])[:, 0].tolist()
+        worst = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
+        if worst > self.args.logprob_tolerance:
+            raise AssertionError(f"kvbench's log-probabilities differ from the plain model's by {worst:.4f} "
+                                 f"(tolerance {self.args.logprob_tolerance})")
+        return {"max_logprob_difference": round(worst, 5), "tokens_scored": len(continuation)}
 
 
-def run_hf(model, ids, decode: int, clock: Clock) -> dict:
-    """The plain model: one prefill forward into a DynamicCache, then greedy decode steps."""
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        start = clock.now()
-        logits = model(input_ids=ids[None], cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-        prefilled = clock.now()
-        kv_bytes = sum(t.untyped_storage().nbytes() for layer in cache.layers for t in (layer.keys, layer.values))
-        tokens = [int(logits.argmax())]
-        for step in range(decode):
-            position = torch.tensor([[len(ids) + step]], device=ids.device)
-            out = model(input_ids=torch.tensor([[tokens[-1]]], device=ids.device), position_ids=position,
-                        cache=cache, use_cache=True, logits_to_keep=1)
-            tokens.append(int(out.logits[0, -1].argmax()))
-        done = clock.now()
-    peak = sum(t.untyped_storage().nbytes() for layer in cache.layers for t in (layer.keys, layer.values))
-    return {"prefill_s": prefilled - start, "decode_s": done - prefilled, "kv_bytes_after": kv_bytes,
-            "kv_peak_bytes": peak, "tokens": tokens}
+def _alarm(signum, frame):
+    raise CaseTimeout
 
 
-def run_kvbench(model, ids, method_name: str, params: dict, chunk: int, decode: int, attn: str, clock: Clock) -> dict:
-    """What kvbench.generate() runs (its prefill and forward_step), timed apart: prefill, then decode."""
-    method = load_method(method_name, **params)
-    shape = ModelShape.from_config(model.config)
-    method.bind(shape)
-    cache = KVCache(shape, method, attn_kernel=attn)
-    with kvbench_attention(model), torch.inference_mode():
-        start = clock.now()
-        logits = prefill(model, cache, ids, chunk)
-        prefilled = clock.now()
-        kv_after = cache.nbytes
-        tokens = [int(logits.argmax())]
-        for step in range(decode):
-            logits = forward_step(model, cache, torch.tensor([tokens[-1]], device=ids.device), len(ids) + step,
-                                  Phase(True, step))
-            tokens.append(int(logits.argmax()))
-        done = clock.now()
-    stats = cache.ledger.stats(tokens=len(ids) + decode)
-    return {"prefill_s": prefilled - start, "decode_s": done - prefilled, "kv_bytes_after": kv_after,
-            "kv_peak_bytes": stats.kv_peak_bytes, "kv_footprint": round(stats.kv_footprint, 4), "tokens": tokens}
-
-
-def activation_estimate(config, chunk: int, itemsize: int) -> int:
-    """The largest transient tensors of one chunk's forward, roughly: the MLP's gate, up and their product
-    (3 x intermediate per token) plus the residual, norm and attention output (3 x hidden per token)."""
-    return chunk * (3 * config.intermediate_size + 3 * config.hidden_size) * itemsize
+def tokens(count: int, vocab: int, seed: int, device) -> torch.Tensor:
+    return torch.randint(0, vocab, (count,), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def write_pattern(config, directory: Path) -> str:
-    """DuoAttention gate values for every (layer, KV head): random, seeded (no trained pattern offline)."""
+    """DuoAttention gates for every (layer, KV head): random, seeded (no trained pattern offline)."""
     gates = torch.rand(config.num_hidden_layers, config.num_key_value_heads, generator=torch.Generator().manual_seed(0))
     path = directory / "duo_gates.tsv"
     path.write_text("\n".join("\t".join(f"{g:.5f}" for g in row) for row in gates.tolist()) + "\n")
     return str(path)
 
 
-def main(argv=None) -> dict:
+def llama_cases(check: Check, tiny: bool, device: torch.device) -> None:
+    """The cases on the Llama-3.1-8B architecture: log-probabilities against the plain model, then each length's
+    plain prefill and the four methods' chunked prefill."""
+    sizes = check.sizes
+    model = build(LlamaConfig, LlamaForCausalLM, TINY_LLAMA if tiny else LLAMA_31_8B, device)
+    weights = torch.cuda.memory_allocated(device) if check.cuda() else None
+    vocab = model.config.vocab_size
+    prompt, chunk = sizes["logits"]
+    check.case("logits_vs_hf", lambda: check.logprob_difference(
+        model, tokens(prompt, vocab, 1, device), tokens(CONTINUATION, vocab, 2, device), chunk), tokens=prompt,
+        chunk_size=chunk)
+    workdir = Path(tempfile.mkdtemp(prefix="kvbench-gpu-check-"))
+    sink, window = sizes["sink_window"]
+    methods = {
+        "full": ("full", {}),
+        "snapkv_patched": ("snapkv", {"keep": KEEP, "schedule": "patched"}),
+        "duoattention": ("duoattention", {"pattern": write_pattern(model.config, workdir),
+                                          "head_sparsity": STREAMING_SHARE, "sink": sink, "window": window}),
+        "streamingllm": ("streamingllm", {"sink": sink, "window": window}),
+    }
+    for length in sizes["lengths"]:
+        ids = tokens(length, vocab, length, device)
+        hf = check.case("hf", lambda ids=ids: check.hf_prefill(model, ids), tokens=length, weights_bytes=weights)
+        for name, (method, params) in methods.items():
+            row = check.case(name, lambda method=method, params=params, ids=ids: check.kvbench_prefill(
+                model, ids, method, params, sizes["chunk"]), tokens=length, chunk_size=sizes["chunk"],
+                weights_bytes=weights)
+            if row and hf and row["status"] == hf["status"] == "ok":
+                check.write({"case": f"{name}_vs_hf", "status": "ok", "tokens": length,
+                             "prefill_time_ratio": round(row["prefill_s"] / hf["prefill_s"], 3)})
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", default=os.environ.get("KVBENCH_GPU_CHECK_TINY") == "1",
-                        help="toy model and lengths (also KVBENCH_GPU_CHECK_TINY=1)")
-    parser.add_argument("--lengths", type=int, nargs="+")
-    parser.add_argument("--chunk-size", type=int)
-    parser.add_argument("--decode", type=int, default=32, help="greedy decode steps timed after each prompt")
-    parser.add_argument("--attn", choices=["sdpa", "flash"], default="sdpa")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="skip cases that would start after this")
-    parser.add_argument("--json", default="gpu_check.json")
+                        help="toy models and lengths (also KVBENCH_GPU_CHECK_TINY=1)")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="start no case after this (the shell's hard "
+                        "timeout is 480 s)")
+    parser.add_argument("--logprob-tolerance", type=float, default=0.05)
+    parser.add_argument("--plant-failure", action="store_true", help="add a case that fails (to test the harness)")
+    parser.add_argument("--json", default="gpu_check.jsonl", help="JSON lines, one per case, written as each ends")
     args = parser.parse_args(argv)
-    lengths = args.lengths or (TINY_LENGTHS if args.tiny else FULL_LENGTHS)
-    chunk = args.chunk_size or (TINY_CHUNK if args.tiny else FULL_CHUNK)
-
-    began = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.tiny and device.type != "cuda":
         parser.error("the full-size check needs a CUDA GPU; use --tiny (or KVBENCH_GPU_CHECK_TINY=1) elsewhere")
-    # First the multi-GPU cases (a small model, a minute or two; skipped at once below 2 GPUs): the one-GPU cases
-    # then run in what is left of the budget.
-    multi_gpu = gpu_parallel.run()
-    print(json.dumps({"multi_gpu": multi_gpu}), flush=True)
-    clock = Clock(device)
-    model = build_model(args.tiny, args.attn, device)
-    weights = clock.allocated()
-    config = model.config
-    workdir = Path(tempfile.mkdtemp(prefix="kvbench-gpu-check-"))
-    pattern = write_pattern(config, workdir)
-    itemsize = torch.bfloat16.itemsize
-    sink, window = TINY_SINK_WINDOW if args.tiny else FULL_SINK_WINDOW
-    cases = {  # name: (runner, method, params, chunk size)
-        "hf": ("hf", None, None, None),
-        "full_one_chunk": ("kvbench", "full", {}, max(lengths)),
-        "full": ("kvbench", "full", {}, chunk),
-        "snapkv_postfill": ("kvbench", "snapkv", {"keep": KEEP, "schedule": "postfill"}, chunk),
-        "snapkv_chunked": ("kvbench", "snapkv", {"keep": KEEP, "schedule": "chunked"}, chunk),
-        "duoattention": ("kvbench", "duoattention", {"pattern": pattern, "head_sparsity": STREAMING_SHARE,
-                                              "sink": sink, "window": window}, chunk),
-    }
-    # Warm-up on a short prompt: one-time costs (CUDA context, kernel selection, lazy imports) stay out.
-    warm = torch.randint(0, config.vocab_size, (min(lengths[0], 1024),), generator=torch.Generator().manual_seed(1))
-    run_hf(model, warm.to(device), 2, clock)
-    run_kvbench(model, warm.to(device), "full", {}, len(warm), 2, args.attn, clock)
-    rows = []
-    for length in lengths:
-        ids = torch.randint(0, config.vocab_size, (length,), generator=torch.Generator().manual_seed(length)).to(device)
-        for name, (runner, method, params, case_chunk) in cases.items():
-            row = {"tokens": length, "case": name, "chunk_size": case_chunk}
-            if time.perf_counter() - began > args.budget_s:
-                rows.append(row | {"skipped": f"past the {args.budget_s:.0f} s budget"})
-                print(json.dumps(rows[-1]), flush=True)
-                continue
-            clock.reset_peak()
-            if runner == "hf":
-                result = run_hf(model, ids, args.decode, clock)
-            else:
-                result = run_kvbench(model, ids, method, params, min(case_chunk, length), args.decode, args.attn, clock)
-            peak = clock.peak()
-            act = activation_estimate(config, min(case_chunk or length, length), itemsize)
-            row |= {
-                "prefill_tok_s": round(length / result["prefill_s"], 1),
-                "decode_tok_s": round(args.decode / result["decode_s"], 2) if args.decode else None,
-                "kv_bytes_after_prompt": result["kv_bytes_after"],
-                "kv_peak_bytes": result["kv_peak_bytes"],
-                "kv_footprint": result.get("kv_footprint"),
-                "peak_allocated": peak,
-                "activation_estimate": act,
-                # Measured peak against what the ledger says must be held (+ weights + largest activation).
-                "measured_vs_expected": round(peak / (weights + result["kv_peak_bytes"] + act), 3) if peak else None,
-                "above_weights_vs_kv_peak": round((peak - weights) / result["kv_peak_bytes"], 3) if peak else None,
-                "first_tokens": result["tokens"][:8],
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            del result
-    by_key = {(r["tokens"], r["case"]): r for r in rows}
-    for length in lengths:  # the headline ratios: kvbench full's prefill and decode speed vs the plain model
-        hf, one, full = (by_key[(length, c)] for c in ("hf", "full_one_chunk", "full"))
-        if "skipped" in hf:
-            continue
-        for row in (one, full):
-            if "skipped" not in row:
-                row["prefill_vs_hf"] = round(row["prefill_tok_s"] / hf["prefill_tok_s"], 3)
-                if args.decode:
-                    row["decode_vs_hf"] = round(row["decode_tok_s"] / hf["decode_tok_s"], 3)
-                # Greedy tokens of full attention must match the plain model's (bf16: early ones at least).
-                row["tokens_match_hf"] = sum(a == b for a, b in zip(row["first_tokens"], hf["first_tokens"]))
-    report = {
-        "date": date.today().isoformat(),
-        "machine": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}), "
-        f"{torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-        "tiny": args.tiny,
-        "config": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                    "num_key_value_heads", "head_dim", "intermediate_size")},
-        "dtype": "bfloat16",
-        "attn": args.attn,
-        "chunk_size": chunk,
-        "keep": KEEP,
-        "streaming_share": STREAMING_SHARE,
-        "duo_sink_window": [sink, window],
-        "decode_steps": args.decode,
-        "weights_bytes": weights,
-        "wall_s": round(time.perf_counter() - began, 1),
-        "multi_gpu": multi_gpu,
-        "rows": rows,
-    }
-    Path(args.json).write_text(json.dumps(report, indent=1))
-    print_table(report)
-    return report
+    check = Check(args, device)
+    sizes = check.sizes
+    check.write({"case": "machine", "status": "ok", "tiny": args.tiny, "kvbench": kvbench.__version__,
+                 "kvbench_path": str(Path(kvbench.__file__).parent), "torch": torch.__version__,
+                 "transformers": __import__("transformers").__version__, "python": platform.python_version(),
+                 "device": torch.cuda.get_device_name() if check.cuda() else f"CPU ({platform.machine()})"})
+    if args.plant_failure:
+        check.case("planted_failure", lambda: 1 / 0)
 
+    import gpu_parallel
 
-def print_table(report: dict) -> None:
-    gib = 2**30
+    check.case("multi_gpu", gpu_parallel.run)
+    llama_cases(check, args.tiny, device)  # the 8B model is freed when they end
+    if check.cuda():
+        torch.cuda.empty_cache()
 
-    def fmt(value, scale=1.0, digits=1):
-        return "-" if value is None else f"{value / scale:.{digits}f}"
+    def sliding() -> dict:
+        model = build(MistralConfig, MistralForCausalLM, TINY_MISTRAL if args.tiny else MISTRAL_7B, device)
+        length, window_chunk = sizes["sliding"]
+        ids = tokens(length, model.config.vocab_size, 3, device)
+        figures = check.kvbench_prefill(model, ids, "full", {}, window_chunk)
+        figures["hf_prefill_s"] = check.hf_prefill(model, ids)["prefill_s"]
+        figures |= check.logprob_difference(model, ids[: length - CONTINUATION], ids[length - CONTINUATION:],
+                                            window_chunk)
+        return figures | {"sliding_window": model.config.sliding_window}
 
-    print(f"\n{report['machine']}  torch {report['torch']}  attn={report['attn']}  wall {report['wall_s']} s")
-    print(f"{'tokens':>7} {'case':<16} {'prefill tok/s':>13} {'vs hf':>6} {'decode tok/s':>12} {'KV peak GiB':>11} "
-          f"{'GPU peak GiB':>12} {'meas/exp':>8}")
-    for r in report["rows"]:
-        if "skipped" in r:
-            print(f"{r['tokens']:>7} {r['case']:<16} skipped: {r['skipped']}")
-            continue
-        print(f"{r['tokens']:>7} {r['case']:<16} {fmt(r['prefill_tok_s']):>13} {fmt(r.get('prefill_vs_hf'), 1, 3):>6} "
-              f"{fmt(r['decode_tok_s'], 1, 2):>12} {fmt(r['kv_peak_bytes'], gib, 3):>11} "
-              f"{fmt(r['peak_allocated'], gib, 2):>12} {fmt(r['measured_vs_expected'], 1, 3):>8}")
-    multi = report["multi_gpu"]
-    print(f"multi-GPU: skipped: {multi['skipped']}" if "skipped" in multi else f"multi-GPU: {json.dumps(multi)}")
+    check.case("sliding_window", sliding, tokens=sizes["sliding"][0], chunk_size=sizes["sliding"][1])
+    summary = {"case": "summary", "status": "failed" if check.failed else "ok", "failed": check.failed,
+               "wall_s": round(time.perf_counter() - check.began, 1)}
+    check.write(summary)
+    if check.failed:
+        print(f"gpu check: {len(check.failed)} case(s) failed: {', '.join(check.failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
     with contextlib.suppress(BrokenPipeError):
-        main()
+        sys.exit(main())
