@@ -202,12 +202,14 @@ def run_cells(todo: list[Cell], out: Path, print_fn=print) -> list[Cell]:
 
 def refine(config_path, out, width: float, budget: int, threshold: float = 0.9, level: float = 0.95,
            replicates: int = 2000, seed: int = 0, print_fn=print) -> list[Cell]:
-    """After the grid: while some curve's critical footprint has an interval wider than `width` (a share of full
-    attention's footprint, e.g. 0.05) and crosses the threshold between two knob values, add the knob value half-way
-    between its last failing and its first passing setting, for every task of the category, and run those cells;
-    until every interval is narrow enough, no such value is left, or `budget` cells have been added. Each added
-    cell is an ordinary cell (a folder, resumable): rerun, the same results make the same choices, and the cells
-    already done are skipped. The cells added are listed in OUT/refined.yaml. Return them."""
+    """After the grid: where a curve crosses its threshold between two knob values and either its critical
+    footprint's interval or the footprint between those two settings is wider than `width` (a share of full
+    attention's footprint, e.g. 0.05: the interval is conditional on the grid, so a crossing between a setting
+    where every sample fails and one where every sample passes has a narrow interval and a wide step), add the knob
+    value half-way between them, for every task of the category, and run those cells; until nothing is too wide,
+    no value is left between, a curve stops moving (a knob value that lands on an existing setting's footprint), or
+    `budget` cells have been added. Each added cell is an ordinary cell (a folder, resumable): rerun, the same
+    results make the same choices and the cells already done are skipped. Listed in OUT/refined.yaml."""
     from kvbench import scoring
 
     if not 0 < width < 1:
@@ -217,50 +219,58 @@ def refine(config_path, out, width: float, budget: int, threshold: float = 0.9, 
     out = Path(out)
     grid = cells(load_config(config_path))
     added: list[Cell] = []
+    seen: dict[tuple, tuple] = {}  # curve -> (critical, interval) when it was last refined
+    stuck: set[tuple] = set()
     while len(added) < budget:
         known = {cell.folder(out) / "results.json": cell for cell in grid + added}
-        done = [path for path in known if path.is_file()]
-        runs = scoring.load_runs(done)
+        runs = scoring.load_runs([path for path in known if path.is_file()])
         with _quiet_warnings():
             boards = scoring.score_runs(runs, threshold, level, replicates, seed)
-        proposed = [cell for cell in _refinements(boards, known, width) if cell.folder(out) / "results.json" not in known]
+        proposals = _refinements(boards, known, width)
+        for curve, state, _ in proposals:  # refined before and nothing moved: the knob gives no new footprint there
+            if seen.get(curve) == state:
+                stuck.add(curve)
+        proposed = [(curve, state, cell) for curve, state, cell in proposals
+                    if curve not in stuck and cell.folder(out) / "results.json" not in known][: budget - len(added)]
         if not proposed:
             break
-        proposed = proposed[: budget - len(added)]
+        seen.update({curve: state for curve, state, _ in proposed})
         print_fn(f"sweep: refining: {len(proposed)} cell(s) at knob values between the last failing and the first "
-                 f"passing setting of curves whose interval is wider than {width:g}")
-        added += proposed
+                 f"passing setting of curves still wider than {width:g}")
+        added += [cell for _, _, cell in proposed]
         write_atomically(out / "refined.yaml", yaml.safe_dump([cell.as_dict() for cell in added], sort_keys=False))
-        run_cells(proposed, out, print_fn)
+        run_cells([cell for _, _, cell in proposed], out, print_fn)
     return added
 
 
-def _refinements(boards, known: dict[Path, Cell], width: float) -> list[Cell]:
-    """The cells that halve the knob step where each too-wide curve crosses its threshold."""
-    proposed: dict[str, Cell] = {}
+def _refinements(boards, known: dict[Path, Cell], width: float) -> list[tuple[tuple, tuple, Cell]]:
+    """(curve, its critical footprint and interval now, a cell) for the cells that halve the knob step where a
+    curve crosses its threshold too roughly."""
+    proposed: dict[str, tuple] = {}
     for board in boards:
-        for cb in board.categories.values():
+        for category, cb in board.categories.items():
             for label, critical in cb.critical.items():
                 interval = cb.interval.get(label)
-                if critical.mark or interval is None or interval.high - interval.low <= width:
-                    continue  # censored (nothing between a failing and a passing setting), or narrow enough
+                if critical.mark or interval is None:
+                    continue  # censored: there is no failing and passing setting to go between
                 points = sorted((p for p in cb.points if p.method == label), key=lambda p: p.footprint)
                 failing = [i for i, p in enumerate(points) if p.score < cb.target]
                 if not failing or failing[-1] + 1 >= len(points):
                     continue
                 below, above = points[failing[-1]], points[failing[-1] + 1]
+                if max(interval.high - interval.low, above.footprint - below.footprint) <= width:
+                    continue  # narrow enough
                 knobs = [k for k in below.params if below.params[k] != above.params.get(k)]
-                if len(knobs) != 1:
-                    continue
-                knob = knobs[0]
-                value = _between(below.params[knob], above.params[knob])
+                value = _between(below.params[knobs[0]], above.params[knobs[0]]) if len(knobs) == 1 else None
                 if value is None:
                     continue
+                curve = (board.name, category, label)
+                state = (critical.value, interval.low, interval.high)
                 for path in below.files:
                     cell = known.get(Path(path))
                     if cell is not None:
-                        new = dataclasses.replace(cell, params={**cell.params, knob: value}, knob=knob)
-                        proposed.setdefault(new.key, new)
+                        new = dataclasses.replace(cell, params={**cell.params, knobs[0]: value}, knob=knobs[0])
+                        proposed.setdefault(new.key, (curve, state, new))
     return list(proposed.values())
 
 

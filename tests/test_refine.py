@@ -39,14 +39,22 @@ def test_a_wide_interval_gets_the_knob_value_half_way_for_every_task_of_the_cate
     boards, known = board_for(tmp_path, {0.2: noisy, 0.5: [1.0] * 20})
     [interval] = boards[0].categories["recall"].interval.values()
     assert interval.high - interval.low > 0.02
-    proposed = _refinements(boards, known, width=0.02)
+    proposed = [cell for _, _, cell in _refinements(boards, known, width=0.02)]
     assert sorted((c.task, c.params["keep"], c.knob) for c in proposed) == [("a", 0.35, "keep"), ("b", 0.35, "keep")]
     assert _refinements(boards, known, width=0.9) == []  # narrow enough for that width
 
 
-def test_a_decided_or_censored_curve_gets_nothing(tmp_path):
-    boards, known = board_for(tmp_path / "exact", {0.2: [0.5] * 20, 0.5: [1.0] * 20})  # every sample alike: no width
-    assert _refinements(boards, known, width=0.01) == []
+def test_a_crossing_between_distant_settings_is_refined_even_with_no_noise(tmp_path):
+    """Every sample fails at keep 0.2 and passes at 0.5: the interval (given the grid) has no width, but the crossing
+    lies somewhere in a step of 30% of full's footprint."""
+    boards, known = board_for(tmp_path, {0.2: [0.0] * 20, 0.5: [1.0] * 20})
+    [interval] = boards[0].categories["recall"].interval.values()
+    assert interval.high - interval.low < 1e-6
+    assert [cell.params["keep"] for _, _, cell in _refinements(boards, known, width=0.2)] == [0.35, 0.35]
+    assert _refinements(boards, known, width=0.31) == []  # a step of 30% is fine at that width
+
+
+def test_a_censored_curve_gets_nothing(tmp_path):
     boards, known = board_for(tmp_path / "never", {0.2: [0.0] * 20, 0.5: [0.5] * 20})  # ">": nothing passes
     assert _refinements(boards, known, width=0.01) == []
 
@@ -75,3 +83,35 @@ def test_refine_runs_ordinary_resumable_cells_on_the_bundled_model(tmp_path):
     assert new.folder(out) not in grid and len(list(out.glob("*/results.json"))) == len(grid) + 1
     assert refine(config, out, width=0.01, budget=1, print_fn=lambda *_: None) == added  # resumed: nothing rerun
     assert len(list(out.glob("*/results.json"))) == len(grid) + 1
+
+
+def test_a_curve_that_stops_moving_is_left_alone(tmp_path, monkeypatch):
+    """A knob value half-way that lands on an existing setting's footprint (a discrete knob: head counts) changes
+    nothing; refining that curve again would spend the budget on the same point."""
+    import kvbench.sweep as sweep
+    from test_scoring import result_file
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": ["m"], "methods": [{"name": "full"}, {"name": "snapkv", "values": [0.2, 0.5]}], "tasks": ["a"],
+        "context_lengths": [1024], "chunk_sizes": [64]}))
+    out = tmp_path / "out"
+
+    def write(cell, score, footprint):
+        cell.folder(out).mkdir(parents=True)
+        result_file(cell.folder(out) / "results.json", cell.method, cell.params, {"a": ("recall", score, footprint)},
+                    samples=20)
+
+    for cell in cells(load_config(config)):
+        score, footprint = {None: (1.0, 1.0), 0.2: (0.0, 0.2), 0.5: (1.0, 0.5)}[cell.params.get("keep")]
+        write(cell, score, footprint)
+    ran = []
+
+    def run_cells(proposed, out, print_fn):  # each added setting lands on keep 0.5's footprint and score
+        ran.extend(proposed)
+        for cell in proposed:
+            write(cell, 1.0, 0.5)
+
+    monkeypatch.setattr(sweep, "run_cells", run_cells)
+    added = refine(config, out, width=0.05, budget=10, print_fn=lambda *_: None)
+    assert [cell.params["keep"] for cell in added] == [0.35] and ran == added
