@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from kvbench import __version__
 from kvbench.cli import main
 
@@ -9,16 +11,25 @@ def kvbench(*args):
     return subprocess.run([sys.executable, "-m", "kvbench", *args], capture_output=True, text=True)
 
 
-def test_version_and_help():
-    assert kvbench("--version").stdout.strip() == f"kvbench {__version__}"
-    help_text = kvbench("--help").stdout
-    assert "footprint" in help_text
+def test_version_and_help(capsys):
+    # In this process; README's first command block runs `kvbench --version` itself (tests/test_docs.py).
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"kvbench {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "footprint" in capsys.readouterr().out
 
 
-def test_bad_input_is_reported_not_raised():
+def test_bad_input_is_reported_not_raised(capsys):
+    assert main(["footprint", "--prompt-len", "0"]) == 2
+    assert "kvbench: error: prompt_len and chunk_size must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_dash_m_kvbench_runs_the_command():
     result = kvbench("footprint", "--prompt-len", "0")
-    assert result.returncode == 2
-    assert "kvbench: error: prompt_len and chunk_size must be >= 1" in result.stderr
+    assert result.returncode == 2 and "kvbench: error: prompt_len and chunk_size must be >= 1" in result.stderr
 
 
 def test_methods_at_80_columns_cut_nothing_and_show_the_defaults_that_apply(capsys, monkeypatch):

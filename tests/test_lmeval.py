@@ -93,8 +93,12 @@ def test_without_log_samples_lm_eval_still_leaves_compact_per_sample_rows_the_sc
     args = [str(BIN / "lm_eval"), "--model", "kvbench", "--model_args", f"pretrained={checkpoint},{STREAMING}",
             "--tasks", f"{GEN},{CHOICE}", "--include_path", str(TASKS), "--limit", "2", "--device", "cpu",
             "--output_path", str(tmp_path)]
-    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    # A plain run says nothing spurious: no warning about a CUDA device nobody asked for, no git "fatal:" line
+    # outside a git checkout.
+    assert "fatal:" not in done.stderr
+    assert not [line for line in done.stderr.splitlines() if "WARNING" in line and "CUDA" in line]
     [results] = glob.glob(str(tmp_path / "*" / "results_*.json"))
     date = Path(results).stem.removeprefix("results_")
     for task, metric in ((GEN, "exact_match"), (CHOICE, "acc")):
@@ -391,25 +395,47 @@ MISTAKES = [
 ]
 
 
+def in_process(command: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`lm_eval ARGS` or `kvbench eval ARGS` in this process, as their entry points run them: (exit code, stderr)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    from kvbench.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lm_eval", *argv])  # both read it; restored after the test
+    for name in ("", "lm_eval"):  # lm-eval's logging set-up binds handlers to this test's captured stderr: undone after
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
+    try:
+        code = cli_evaluate() if command == "lm_eval" else main(["eval", *argv])
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command, model_args, message",
                          [("lm_eval", *mistake) for mistake in MISTAKES] + [("kvbench eval", *MISTAKES[0]),
                                                                             ("kvbench eval", *MISTAKES[2])],
                          ids=["path", "misspelt", "range", "method", "eval-path", "eval-range"])
-def test_mistakes_are_one_line_errors(command, model_args, message, tmp_path):
-    args = [str(BIN / command.split()[0]), *command.split()[1:], "--model", "kvbench", "--model_args", model_args,
+def test_mistakes_are_one_line_errors(command, model_args, message, monkeypatch, capsys, tmp_path):
+    """In this process (the hook's one-line errors are what is tested); tests/test_lmeval.py's real subprocesses
+    below run each entry point as a user does."""
+    monkeypatch.chdir(tmp_path)
+    code, stderr = in_process(command, ["--model", "kvbench", "--model_args", model_args, "--tasks",
+                                        "kvbench_synth_recall", "--metadata",
+                                        json.dumps({"context_length": 1024, "num_samples": 1})], monkeypatch, capsys)
+    assert code == 2
+    [line] = [line for line in stderr.splitlines() if line.startswith("kvbench: error:")]
+    assert message in line
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["lm_eval", "kvbench eval"])
+def test_each_entry_point_prints_a_mistake_as_one_line(command, tmp_path):
+    args = [str(BIN / command.split()[0]), *command.split()[1:], "--model", "kvbench", "--model_args", MISTAKES[2][0],
             "--tasks", "kvbench_synth_recall", "--metadata", json.dumps({"context_length": 1024, "num_samples": 1})]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert done.returncode == 2
     [line] = [line for line in done.stderr.splitlines() if line.startswith("kvbench: error:")]
-    assert message in line
-    assert "Traceback" not in done.stderr
-
-
-def test_a_plain_run_says_nothing_spurious(checkpoint, tmp_path):
-    """No warning about a CUDA device nobody asked for, no git "fatal:" line outside a git checkout."""
-    args = [str(BIN / "lm_eval"), "--model", "kvbench", "--model_args", f"pretrained={checkpoint}", "--tasks", GEN,
-            "--include_path", str(TASKS), "--limit", "1"]
-    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "fatal:" not in done.stderr
-    assert not [line for line in done.stderr.splitlines() if "WARNING" in line and "CUDA" in line]
+    assert MISTAKES[2][1] in line and "Traceback" not in done.stderr
