@@ -19,12 +19,11 @@ import json
 import sys
 import time
 
-import torch
-from transformers import AutoModelForCausalLM, DynamicCache
-
 import kvpress
+import torch
 from kvpress import AdaKVPress, DuoAttentionPress, SnapKVPress
 from kvpress.presses import duo_attention_press
+from transformers import AutoModelForCausalLM, DynamicCache
 
 MODEL = None
 

@@ -183,7 +183,7 @@ def _thresholds(args, runs, statistics: dict) -> int:
     try:
         thresholds = [float(t) for t in args.thresholds.split(",")]
     except ValueError:
-        raise ValueError(f"--thresholds takes numbers separated by commas (0.85,0.9,0.95); got {args.thresholds!r}")
+        raise ValueError(f"--thresholds takes numbers separated by commas (0.85,0.9,0.95); got {args.thresholds!r}") from None
     if args.format not in ("md", "json"):
         raise ValueError("--thresholds writes md or json")
     table = views.threshold_table(runs, thresholds, **statistics)

@@ -155,7 +155,7 @@ def to_markdown(table: list[dict], threshold: float, boards: list[GroupBoard] | 
             lines.append(f"| {_md(name)} | " + " | ".join(values) + " |")
         lines.append("")
         if measured:
-            lines += [f"Peak at the critical footprint: entries held at once (% of the tokens) / physical KV bytes.",
+            lines += ["Peak at the critical footprint: entries held at once (% of the tokens) / physical KV bytes.",
                       "", "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
             lines += [f"| {_md(method)} | " + " | ".join(_peaks(cells.get(c)) for c in columns) + " |"
                       for method, cells in methods.items()]

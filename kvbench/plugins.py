@@ -56,7 +56,8 @@ def plugin_manager() -> pluggy.PluginManager:
             plugin = entry_point.load()
             manager.register(plugin, name=source)
         except Exception as error:  # a broken plugin must not take the others down
-            warnings.warn(f"kvbench plugin {source} failed to load: {type(error).__name__}: {error}", PluginWarning)
+            warnings.warn(f"kvbench plugin {source} failed to load: {type(error).__name__}: {error}", PluginWarning,
+                          stacklevel=2)
     return manager
 
 
@@ -77,13 +78,14 @@ def build_registry(manager: pluggy.PluginManager) -> dict[str, MethodEntry]:
         try:
             classes = list(implementation.function() or [])
         except Exception as error:
-            warnings.warn(f"kvbench plugin {source} failed in kvbench_methods(): {error}", PluginWarning)
+            warnings.warn(f"kvbench plugin {source} failed in kvbench_methods(): {error}", PluginWarning, stacklevel=2)
             continue
         for method_class in classes:
             problems = contract_problems(method_class)
             if problems:
                 label = getattr(method_class, "__qualname__", repr(method_class))
-                warnings.warn(f"kvbench plugin {source}: method {label} refused: {'; '.join(problems)}", PluginWarning)
+                warnings.warn(f"kvbench plugin {source}: method {label} refused: {'; '.join(problems)}", PluginWarning,
+                              stacklevel=2)
                 continue
             name = method_class.name
             if name in entries:

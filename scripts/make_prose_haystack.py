@@ -10,11 +10,10 @@ byte for byte:
 """
 
 import gzip
+import pydoc_data.topics
 import re
 import sys
 from pathlib import Path
-
-import pydoc_data.topics
 
 OUT = Path(__file__).resolve().parent.parent / "kvbench" / "data" / "haystack" / "prose.txt.gz"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"])")

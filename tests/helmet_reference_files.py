@@ -208,7 +208,7 @@ def _uuid(rng: random.Random) -> str:
 def _json_kv(root: str) -> None:
     rng = _rng("json_kv")
     rows = []
-    for line in range(160):
+    for _ in range(160):
         kvs = [(_uuid(rng), _uuid(rng)) for _ in range(8)]
         target = rng.randrange(len(kvs))
         demos = [[_uuid(rng), _uuid(rng)] for _ in range(4)]

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from checkpoints import build_tokenizer  # noqa: E402
-from helmet_files import write_jsonl as _write  # noqa: E402
 from helmet_files import write_helmet_data  # noqa: E402
+from helmet_files import write_jsonl as _write  # noqa: E402
 
 from kvbench.data import common, helmet, recall, ruler, synth  # noqa: E402
 

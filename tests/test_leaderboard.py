@@ -7,7 +7,6 @@ import io
 import json
 
 import pytest
-
 from test_scoring import result_file, write_curve
 
 from kvbench import leaderboard

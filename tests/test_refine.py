@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -88,8 +87,9 @@ def test_refine_runs_ordinary_resumable_cells_on_the_bundled_model(tmp_path):
 def test_a_curve_that_stops_moving_is_left_alone(tmp_path, monkeypatch):
     """A knob value half-way that lands on an existing setting's footprint (a discrete knob: head counts) changes
     nothing; refining that curve again would spend the budget on the same point."""
-    import kvbench.sweep as sweep
     from test_scoring import result_file
+
+    import kvbench.sweep as sweep
 
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({

@@ -17,8 +17,8 @@ from kvbench import load_method, tiny
 from kvbench.methods.head_pattern import read_pattern, streaming_heads
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
-from kvbench.training.patterns import write_table
 from kvbench.tiny import evaluate
+from kvbench.training.patterns import write_table
 
 LENGTH = 1024  # the context the thresholds are asserted at (the model card reports longer ones too)
 SAMPLES = 8

@@ -60,7 +60,7 @@ def test_the_chunk_size_view(tmp_path):
 
 def test_the_memory_view_relates_measured_figures_to_the_idealised_ones(tmp_path):
     out = tmp_path / "sweep"
-    for index, (footprint, peak_bytes, speed) in enumerate([(1.0, 4000, 10.0), (0.5, 2100, 18.0), (0.25, 900, 30.0)]):
+    for footprint, peak_bytes, speed in [(1.0, 4000, 10.0), (0.5, 2100, 18.0), (0.25, 900, 30.0)]:
         path = sweep_cell(out, "snapkv", {"keep": footprint}, "t", "recall", 1.0, footprint, "keep")
         data = json.loads(path.read_text())
         data["config"]["kvbench"]["tasks"]["t"]["kv_peak_bytes"] = peak_bytes

@@ -1,7 +1,6 @@
 """kvbench plugin: registers the TOVA method through kvbench's `kvbench_methods` hook."""
 
 import kvbench
-
 from kvbench_tova.tova import Tova
 
 

@@ -1,8 +1,8 @@
 import torch
+from kvbench_tova import Tova
+
 from kvbench import KeepView, Phase, list_methods, load_method
 from kvbench.testing import assert_conforms
-
-from kvbench_tova import Tova
 
 
 def test_registered_through_the_entry_point():

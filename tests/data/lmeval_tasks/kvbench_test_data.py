@@ -20,7 +20,7 @@ def _haystack(rng: random.Random, words: int, needle: str) -> str:
 def recall_docs(words: int = 60, docs: int = 4, **_model_args_and_metadata):
     rng = random.Random(0)
     rows = []
-    for i in range(docs):
+    for _ in range(docs):
         key, value = rng.randrange(100), rng.randrange(100)
         context = _haystack(rng, int(words), f"The value of key {key} is {value}.")
         rows.append({"context": context, "question": f"What is the value of key {key}?", "answer": str(value)})
