@@ -35,9 +35,11 @@ class BuildPy(build_py):
 
 def editable_hook_line(source: Path) -> str:
     """One .pth line (site runs lines that begin with `import`) loading `source` as the module HOOK."""
-    return (f"import importlib.util, sys; spec = importlib.util.spec_from_file_location({HOOK!r}, {str(source)!r}); "
-            f"module = importlib.util.module_from_spec(spec); sys.modules[{HOOK!r}] = module; "
-            "spec.loader.exec_module(module)\n")
+    return (
+        f"import importlib.util, sys; spec = importlib.util.spec_from_file_location({HOOK!r}, {str(source)!r}); "
+        f"module = importlib.util.module_from_spec(spec); sys.modules[{HOOK!r}] = module; "
+        "spec.loader.exec_module(module)\n"
+    )
 
 
 class _WithHook:

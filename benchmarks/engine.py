@@ -27,8 +27,13 @@ NEW_TOKENS = 16
 def build_model():
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32768,
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
         attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config).eval()
@@ -55,12 +60,14 @@ def main() -> None:
 
         def hf():
             with torch.inference_mode():
-                model.generate(prompt[None], max_new_tokens=NEW_TOKENS, do_sample=False,
-                               eos_token_id=None, pad_token_id=0)
+                model.generate(
+                    prompt[None], max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0
+                )
 
         def run(method, chunk_size):
-            return lambda: generate(model, prompt, method, chunk_size=chunk_size,
-                                    max_new_tokens=NEW_TOKENS, eos_token_id=[])
+            return lambda: generate(
+                model, prompt, method, chunk_size=chunk_size, max_new_tokens=NEW_TOKENS, eos_token_id=[]
+            )
 
         cases = {
             "hf": hf,

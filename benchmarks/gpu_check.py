@@ -49,21 +49,57 @@ from kvbench.engine import cache_argument, score_continuation  # noqa: E402
 
 # Llama-3.1-8B's and Mistral-7B's architectures, written out: no network.
 LLAMA_31_8B = dict(
-    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
-    rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
-    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 8192},
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
 )
-MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=65536,
-                  sliding_window=4096, rope_theta=10000.0)
-TINY_LLAMA = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
+MISTRAL_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=65536,
+    sliding_window=4096,
+    rope_theta=10000.0,
+)
+TINY_LLAMA = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=4096,
+)
 TINY_MISTRAL = dict(TINY_LLAMA, sliding_window=48)
 SIZES = {  # lengths, chunk, logits case (prompt, chunk), sliding case (prompt, chunk), per-case seconds, sink/window
-    False: dict(lengths=[32768, 131072], chunk=32768, logits=(8192, 2048), sliding=(65536, 32768), case_s=90,
-                sink_window=(128, 1024)),
+    False: dict(
+        lengths=[32768, 131072],
+        chunk=32768,
+        logits=(8192, 2048),
+        sliding=(65536, 32768),
+        case_s=90,
+        sink_window=(128, 1024),
+    ),
     True: dict(lengths=[256, 512], chunk=128, logits=(200, 64), sliding=(300, 128), case_s=60, sink_window=(16, 64)),
 }
 KEEP, STREAMING_SHARE, CONTINUATION = 0.3, 0.7, 16
@@ -131,8 +167,11 @@ class Check:
             row |= {"status": "timed out", "reason": f"past its {budget} s budget"}
             self.failed.append(name)
         except Exception as error:  # noqa: BLE001 - one case's failure (OOM included) must not end the others
-            row |= {"status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
-                    "where": traceback.format_exc().strip().splitlines()[-3:]}
+            row |= {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}"[:2000],
+                "where": traceback.format_exc().strip().splitlines()[-3:],
+            }
             self.failed.append(name)
         finally:
             signal.alarm(0)
@@ -162,26 +201,40 @@ class Check:
     def kvbench_prefill(self, model, ids, method: str, params: dict, chunk: int) -> dict:
         """kvbench.generate with one new token: the prefill under `method`, its ledger and the allocator's peak."""
         start = self.sync_time()
-        result = generate(model, ids, load_method(method, **params), chunk_size=chunk, max_new_tokens=1,
-                          eos_token_id=[])
+        result = generate(
+            model, ids, load_method(method, **params), chunk_size=chunk, max_new_tokens=1, eos_token_id=[]
+        )
         seconds = self.sync_time() - start
         stats = result.stats
-        return {"prefill_s": round(seconds, 3), "kv_footprint": round(stats.kv_footprint, 4),
-                "kv_peak_bytes": stats.kv_peak_bytes, "kv_transient_peak_bytes": stats.kv_transient_peak_bytes,
-                "allocator_peak_bytes": max(result.device_peak_bytes.values(), default=None)}
+        return {
+            "prefill_s": round(seconds, 3),
+            "kv_footprint": round(stats.kv_footprint, 4),
+            "kv_peak_bytes": stats.kv_peak_bytes,
+            "kv_transient_peak_bytes": stats.kv_transient_peak_bytes,
+            "allocator_peak_bytes": max(result.device_peak_bytes.values(), default=None),
+        }
 
     def logprob_difference(self, model, ids, continuation, chunk: int) -> dict:
         """Teacher-forced log-probabilities of `continuation` after `ids`: kvbench full (chunked) against the plain
         model in one forward. Greedy tokens of random weights near-tie; log-probabilities do not."""
         ours = score_continuation(model, ids, continuation, chunk_size=chunk).token_logprobs
         with torch.inference_mode():
-            logits = model(input_ids=torch.cat([ids, continuation[:-1]])[None], use_cache=False,
-                           logits_to_keep=len(continuation)).logits[0].float()
+            logits = (
+                model(
+                    input_ids=torch.cat([ids, continuation[:-1]])[None],
+                    use_cache=False,
+                    logits_to_keep=len(continuation),
+                )
+                .logits[0]
+                .float()
+            )
         theirs = logits.log_softmax(-1).gather(1, continuation[:, None])[:, 0].tolist()
         worst = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
         if worst > self.args.logprob_tolerance:
-            raise AssertionError(f"kvbench's log-probabilities differ from the plain model's by {worst:.4f} "
-                                 f"(tolerance {self.args.logprob_tolerance})")
+            raise AssertionError(
+                f"kvbench's log-probabilities differ from the plain model's by {worst:.4f} "
+                f"(tolerance {self.args.logprob_tolerance})"
+            )
         return {"max_logprob_difference": round(worst, 5), "tokens_scored": len(continuation)}
 
 
@@ -209,36 +262,65 @@ def llama_cases(check: Check, tiny: bool, device: torch.device) -> None:
     weights = torch.cuda.memory_allocated(device) if check.cuda() else None
     vocab = model.config.vocab_size
     prompt, chunk = sizes["logits"]
-    check.case("logits_vs_hf", lambda: check.logprob_difference(
-        model, tokens(prompt, vocab, 1, device), tokens(CONTINUATION, vocab, 2, device), chunk), tokens=prompt,
-        chunk_size=chunk)
+    check.case(
+        "logits_vs_hf",
+        lambda: check.logprob_difference(
+            model, tokens(prompt, vocab, 1, device), tokens(CONTINUATION, vocab, 2, device), chunk
+        ),
+        tokens=prompt,
+        chunk_size=chunk,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="kvbench-gpu-check-"))
     sink, window = sizes["sink_window"]
     methods = {
         "full": ("full", {}),
         "snapkv_patched": ("snapkv", {"keep": KEEP, "schedule": "patched"}),
-        "duoattention": ("duoattention", {"pattern": write_pattern(model.config, workdir),
-                                          "head_sparsity": STREAMING_SHARE, "sink": sink, "window": window}),
+        "duoattention": (
+            "duoattention",
+            {
+                "pattern": write_pattern(model.config, workdir),
+                "head_sparsity": STREAMING_SHARE,
+                "sink": sink,
+                "window": window,
+            },
+        ),
         "streamingllm": ("streamingllm", {"sink": sink, "window": window}),
     }
     for length in sizes["lengths"]:
         ids = tokens(length, vocab, length, device)
         hf = check.case("hf", lambda ids=ids: check.hf_prefill(model, ids), tokens=length, weights_bytes=weights)
         for name, (method, params) in methods.items():
-            row = check.case(name, lambda method=method, params=params, ids=ids: check.kvbench_prefill(
-                model, ids, method, params, sizes["chunk"]), tokens=length, chunk_size=sizes["chunk"],
-                weights_bytes=weights)
+            row = check.case(
+                name,
+                lambda method=method, params=params, ids=ids: check.kvbench_prefill(
+                    model, ids, method, params, sizes["chunk"]
+                ),
+                tokens=length,
+                chunk_size=sizes["chunk"],
+                weights_bytes=weights,
+            )
             if row and hf and row["status"] == hf["status"] == "ok":
-                check.write({"case": f"{name}_vs_hf", "status": "ok", "tokens": length,
-                             "prefill_time_ratio": round(row["prefill_s"] / hf["prefill_s"], 3)})
+                check.write(
+                    {
+                        "case": f"{name}_vs_hf",
+                        "status": "ok",
+                        "tokens": length,
+                        "prefill_time_ratio": round(row["prefill_s"] / hf["prefill_s"], 3),
+                    }
+                )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", default=os.environ.get("KVBENCH_GPU_CHECK_TINY") == "1",
-                        help="toy models and lengths (also KVBENCH_GPU_CHECK_TINY=1)")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="start no case after this (the shell's hard "
-                        "timeout is 480 s)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        default=os.environ.get("KVBENCH_GPU_CHECK_TINY") == "1",
+        help="toy models and lengths (also KVBENCH_GPU_CHECK_TINY=1)",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=450.0, help="start no case after this (the shell's hard timeout is 480 s)"
+    )
     parser.add_argument("--logprob-tolerance", type=float, default=0.05)
     parser.add_argument("--plant-failure", action="store_true", help="add a case that fails (to test the harness)")
     parser.add_argument("--json", default="gpu_check.jsonl", help="JSON lines, one per case, written as each ends")
@@ -248,10 +330,19 @@ def main(argv=None) -> int:
         parser.error("the full-size check needs a CUDA GPU; use --tiny (or KVBENCH_GPU_CHECK_TINY=1) elsewhere")
     check = Check(args, device)
     sizes = check.sizes
-    check.write({"case": "machine", "status": "ok", "tiny": args.tiny, "kvbench": kvbench.__version__,
-                 "kvbench_path": str(Path(kvbench.__file__).parent), "torch": torch.__version__,
-                 "transformers": __import__("transformers").__version__, "python": platform.python_version(),
-                 "device": torch.cuda.get_device_name() if check.cuda() else f"CPU ({platform.machine()})"})
+    check.write(
+        {
+            "case": "machine",
+            "status": "ok",
+            "tiny": args.tiny,
+            "kvbench": kvbench.__version__,
+            "kvbench_path": str(Path(kvbench.__file__).parent),
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name() if check.cuda() else f"CPU ({platform.machine()})",
+        }
+    )
     if args.plant_failure:
         check.case("planted_failure", lambda: 1 / 0)
 
@@ -268,13 +359,18 @@ def main(argv=None) -> int:
         ids = tokens(length, model.config.vocab_size, 3, device)
         figures = check.kvbench_prefill(model, ids, "full", {}, window_chunk)
         figures["hf_prefill_s"] = check.hf_prefill(model, ids)["prefill_s"]
-        figures |= check.logprob_difference(model, ids[: length - CONTINUATION], ids[length - CONTINUATION:],
-                                            window_chunk)
+        figures |= check.logprob_difference(
+            model, ids[: length - CONTINUATION], ids[length - CONTINUATION :], window_chunk
+        )
         return figures | {"sliding_window": model.config.sliding_window}
 
     check.case("sliding_window", sliding, tokens=sizes["sliding"][0], chunk_size=sizes["sliding"][1])
-    summary = {"case": "summary", "status": "failed" if check.failed else "ok", "failed": check.failed,
-               "wall_s": round(time.perf_counter() - check.began, 1)}
+    summary = {
+        "case": "summary",
+        "status": "failed" if check.failed else "ok",
+        "failed": check.failed,
+        "wall_s": round(time.perf_counter() - check.began, 1),
+    }
     check.write(summary)
     if check.failed:
         print(f"gpu check: {len(check.failed)} case(s) failed: {', '.join(check.failed)}", file=sys.stderr)

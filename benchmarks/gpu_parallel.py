@@ -31,19 +31,36 @@ def _save_model(folder: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def _lm_eval(launcher: list[str], model: Path, out: Path, env: dict) -> tuple[dict, float]:
-    args = [*launcher, "--model", "kvbench", "--model_args",
-            f"pretrained={model},method=snapkv,keep=0.2,schedule=patched,chunk_size=256,dtype=bfloat16",
-            "--tasks", TASK, "--metadata", json.dumps({"context_length": 1024, "num_samples": 9}),
-            "--output_path", str(out)]
+    args = [
+        *launcher,
+        "--model",
+        "kvbench",
+        "--model_args",
+        f"pretrained={model},method=snapkv,keep=0.2,schedule=patched,chunk_size=256,dtype=bfloat16",
+        "--tasks",
+        TASK,
+        "--metadata",
+        json.dumps({"context_length": 1024, "num_samples": 9}),
+        "--output_path",
+        str(out),
+    ]
     start = time.perf_counter()
     subprocess.run(args, check=True, env=env, capture_output=True, text=True, timeout=240)
     [results] = glob.glob(str(out / "*" / "results_*.json"))
@@ -52,17 +69,39 @@ def _lm_eval(launcher: list[str], model: Path, out: Path, env: dict) -> tuple[di
 
 def data_parallel(model: Path, workdir: Path) -> dict:
     bin_dir = Path(sys.executable).parent
-    one, one_s = _lm_eval([str(bin_dir / "lm_eval")], model, workdir / "one",
-                          {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")[:1]})
-    launch = [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lm_eval"]
+    one, one_s = _lm_eval(
+        [str(bin_dir / "lm_eval")],
+        model,
+        workdir / "one",
+        {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")[:1]},
+    )
+    launch = [
+        str(bin_dir / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "lm_eval",
+    ]
     two, two_s = _lm_eval(launch, model, workdir / "two", dict(os.environ))
     tallies = [r["config"]["kvbench"]["tasks"][TASK] for r in (one, two)]
-    return {"processes": two["config"]["kvbench"]["processes"], "seconds_one": round(one_s, 1),
-            "seconds_two": round(two_s, 1), "score_one": one["results"][TASK]["score,none"],
-            "score_two": two["results"][TASK]["score,none"],
-            "same_tallies": all(abs(tallies[0][k] - tallies[1][k]) <= 1e-9 * max(1, abs(tallies[0][k]))
-                                for k in tallies[0])}
+    return {
+        "processes": two["config"]["kvbench"]["processes"],
+        "seconds_one": round(one_s, 1),
+        "seconds_two": round(two_s, 1),
+        "score_one": one["results"][TASK]["score,none"],
+        "score_two": two["results"][TASK]["score,none"],
+        "same_tallies": all(
+            abs(tallies[0][k] - tallies[1][k]) <= 1e-9 * max(1, abs(tallies[0][k])) for k in tallies[0]
+        ),
+    }
 
 
 def model_parallel(model: Path) -> dict:
@@ -88,8 +127,12 @@ def model_parallel(model: Path) -> dict:
             for index, layer in enumerate(cache.layers):
                 device = lm.model.model.layers[index].self_attn.q_proj.weight.device
                 placed &= all(g.keys.device == g.positions.device == device for g in layer.groups)
-    return {"devices": devices, "caches_on_their_layers_devices": placed, "same_footprint": stats[0] == stats[1],
-            "kv_peak_bytes": stats[0].kv_peak_bytes}
+    return {
+        "devices": devices,
+        "caches_on_their_layers_devices": placed,
+        "same_footprint": stats[0] == stats[1],
+        "kv_peak_bytes": stats[0].kv_peak_bytes,
+    }
 
 
 def run() -> dict:

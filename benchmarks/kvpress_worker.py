@@ -44,8 +44,9 @@ def make_press(request):
     if case == "full":
         return None
     if case == "snapkv":
-        return SnapKVPress(compression_ratio=ratio, window_size=request.get("window", 64),
-                           kernel_size=request.get("kernel", 5))
+        return SnapKVPress(
+            compression_ratio=ratio, window_size=request.get("window", 64), kernel_size=request.get("kernel", 5)
+        )
     if case == "adakv":
         return AdaKVPress(SnapKVPress(compression_ratio=ratio))
     if case == "duo":
@@ -132,9 +133,13 @@ def main() -> None:
             if request["op"] == "load":
                 torch.set_num_threads(request.get("threads", 1))
                 MODEL = AutoModelForCausalLM.from_pretrained(request["model"], dtype=torch.float32).eval()
-                answer = {"ok": True, "kvpress": kvpress.__version__ if hasattr(kvpress, "__version__") else
-                          _version("kvpress"), "transformers": transformers.__version__, "torch": torch.__version__,
-                          "attn": MODEL.config._attn_implementation}
+                answer = {
+                    "ok": True,
+                    "kvpress": kvpress.__version__ if hasattr(kvpress, "__version__") else _version("kvpress"),
+                    "transformers": transformers.__version__,
+                    "torch": torch.__version__,
+                    "attn": MODEL.config._attn_implementation,
+                }
             elif request["op"] == "run":
                 answer = {"ok": True, **run(request)}
             else:

@@ -37,9 +37,15 @@ def save_model(directory: Path) -> Path:
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32768,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -57,8 +63,9 @@ def evaluation_times(model_dir: Path, args) -> list[dict]:
         "hf": HFLM(pretrained=str(model_dir), device="cpu", batch_size=1),
         "kvbench_full": KVBenchLM(pretrained=str(model_dir), method="full", device="cpu"),
     }
-    manager = TaskManager(include_defaults=False, include_path=str(TASKS),
-                          metadata={"words": args.words, "docs": args.docs})
+    manager = TaskManager(
+        include_defaults=False, include_path=str(TASKS), metadata={"words": args.words, "docs": args.docs}
+    )
     rows = []
     for task in args.tasks:
         times = {name: [] for name in backends}
@@ -66,8 +73,9 @@ def evaluation_times(model_dir: Path, args) -> list[dict]:
         for repeat in range(args.repeats + 1):  # the first round warms up
             for name, lm in backends.items():
                 start = time.perf_counter()
-                out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=args.docs,
-                                              log_samples=True, bootstrap_iters=0)
+                out = lm_eval.simple_evaluate(
+                    model=lm, tasks=[task], task_manager=manager, limit=args.docs, log_samples=True, bootstrap_iters=0
+                )
                 if repeat:
                     times[name].append(time.perf_counter() - start)
                 answers[name] = [s["resps"] for s in out["samples"][task]]
@@ -109,8 +117,9 @@ def startup_times(runs: int) -> dict:
                 walls[name].append(time.perf_counter() - start)
     imports = []
     for _ in range(runs):
-        err = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], env=env, capture_output=True,
-                             text=True).stderr
+        err = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "pass"], env=env, capture_output=True, text=True
+        ).stderr
         found = re.search(r"\|\s*(\d+) \|\s*kvbench_lmeval_hook$", err, re.M)
         imports.append(int(found.group(1)) if found else None)
     if None in imports:
@@ -148,7 +157,7 @@ def main() -> None:
         rows = evaluation_times(save_model(Path(directory)), args)
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                   f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}",
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
         "model": "random Llama, 4 layers, hidden 512, 8 query / 2 KV heads, fp32, CPU",
         "startup": startup,

@@ -22,8 +22,7 @@ import subprocess
 import sys
 import time
 
-CASES = {32768: [8192, 16384, 32768], 65536: [8192, 16384, 32768, 65536],
-         131072: [8192, 16384, 32768, 131072]}
+CASES = {32768: [8192, 16384, 32768], 65536: [8192, 16384, 32768, 65536], 131072: [8192, 16384, 32768, 131072]}
 
 
 def one_case(length: int, chunk: int, repeats: int) -> dict:
@@ -33,9 +32,16 @@ def one_case(length: int, chunk: int, repeats: int) -> dict:
     from kvbench import generate
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=length + 8,
-                         attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=length + 8,
+        attn_implementation="sdpa",
+    )
     model = LlamaForCausalLM(config).eval()
     prompt = torch.randint(0, config.vocab_size, (length,))
     times = []
@@ -45,8 +51,13 @@ def one_case(length: int, chunk: int, repeats: int) -> dict:
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return {"length": length, "chunk": chunk, "seconds": seconds, "peak_rss_bytes": peak,
-            "kv_peak_bytes": result.stats.kv_peak_bytes}
+    return {
+        "length": length,
+        "chunk": chunk,
+        "seconds": seconds,
+        "peak_rss_bytes": peak,
+        "kv_peak_bytes": result.stats.kv_peak_bytes,
+    }
 
 
 def main() -> None:
@@ -64,22 +75,35 @@ def main() -> None:
     rows = []
     for length in args.lengths:
         for chunk in CASES.get(length, [8192, length]):
-            done = subprocess.run([sys.executable, __file__, "--case", str(length), str(chunk), str(args.repeats)],
-                                  check=True, capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--case", str(length), str(chunk), str(args.repeats)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{length:>7} chunk {chunk:>6}: {rows[-1]['seconds']:7.1f} s, peak RSS "
-                  f"{rows[-1]['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+            print(
+                f"{length:>7} chunk {chunk:>6}: {rows[-1]['seconds']:7.1f} s, peak RSS "
+                f"{rows[-1]['peak_rss_bytes'] / 2**30:.2f} GiB",
+                flush=True,
+            )
     print("\n| prompt | chunk | time | time / one chunk | peak RSS | peak - one chunk's peak | KV held at the end |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         whole = next(r for r in rows if r["length"] == row["length"] and r["chunk"] == row["length"])
-        print(f"| {row['length']:,} | {row['chunk']:,} | {row['seconds']:.1f} s | "
-              f"{row['seconds'] / whole['seconds']:.2f} | {row['peak_rss_bytes'] / 2**30:.2f} GiB | "
-              f"{(row['peak_rss_bytes'] - whole['peak_rss_bytes']) / 2**20:+.0f} MiB | "
-              f"{row['kv_peak_bytes'] / 2**20:.0f} MiB |")
+        print(
+            f"| {row['length']:,} | {row['chunk']:,} | {row['seconds']:.1f} s | "
+            f"{row['seconds'] / whole['seconds']:.2f} | {row['peak_rss_bytes'] / 2**30:.2f} GiB | "
+            f"{(row['peak_rss_bytes'] - whole['peak_rss_bytes']) / 2**20:+.0f} MiB | "
+            f"{row['kv_peak_bytes'] / 2**20:.0f} MiB |"
+        )
     if args.json:
-        machine = {"platform": platform.platform(), "processor": platform.processor(),
-                   "threads": torch.get_num_threads(), "torch": torch.__version__}
+        machine = {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "rows": rows}, f, indent=1)
 

@@ -31,8 +31,14 @@ NEW_TOKENS = 8
 def build_model():
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=40000, attn_implementation="sdpa",
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=40000,
+        attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config).eval()
 
@@ -94,10 +100,13 @@ def main() -> None:
         prompt = torch.randint(0, model.config.vocab_size, (length,))
         row = {"tokens": length}
         for schedule in ("chunked", "postfill"):
-            row[schedule + "_s"] = round(min(
-                timed(model, prompt, "snapkv", {"keep": 0.25, "schedule": schedule}, new_tokens=1)
-                for _ in range(args.repeats)
-            ), 3)
+            row[schedule + "_s"] = round(
+                min(
+                    timed(model, prompt, "snapkv", {"keep": 0.25, "schedule": schedule}, new_tokens=1)
+                    for _ in range(args.repeats)
+                ),
+                3,
+            )
         report["scaling"].append(row)
         print(json.dumps(row), flush=True)
     for schedule in ("chunked", "postfill"):

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = {"recall": ["json_kv", "ruler_mk_needle", "ruler_mk_uuid", "ruler_mv"],
-         "rag": ["kilt_nq", "kilt_triviaqa", "kilt_hotpotqa", "kilt_popqa"], "rerank": ["msmarco_rerank"],
-         "icl": ["icl_trec_coarse", "icl_trec_fine", "icl_banking77", "icl_clinc150", "icl_nlu"]}
+TASKS = {
+    "recall": ["json_kv", "ruler_mk_needle", "ruler_mk_uuid", "ruler_mv"],
+    "rag": ["kilt_nq", "kilt_triviaqa", "kilt_hotpotqa", "kilt_popqa"],
+    "rerank": ["msmarco_rerank"],
+    "icl": ["icl_trec_coarse", "icl_trec_fine", "icl_banking77", "icl_clinc150", "icl_nlu"],
+}
 METHODS = ["streamingllm", "duoattention", "prulong", "snapkv", "pyramidkv", "l2norm", "h2o", "tova"]
 KNOB_VALUES = np.linspace(0.1, 0.9, 9)
 
@@ -32,14 +35,33 @@ def write_cell(folder: Path, method: str, params: dict, query: str, task: str, c
     name = f"kvbench_{task}"
     data = {
         "results": {name: {"alias": name, "score,none": float(np.mean(scores)), "score_stderr,none": 0.01}},
-        "configs": {name: {"task": name, "metadata": {"category": category, "context_length": 131072},
-                           "generation_kwargs": {"until": ["\n"], "max_gen_toks": 50}, "doc_to_text": "{{prompt}}"}},
+        "configs": {
+            name: {
+                "task": name,
+                "metadata": {"category": category, "context_length": 131072},
+                "generation_kwargs": {"until": ["\n"], "max_gen_toks": 50},
+                "doc_to_text": "{{prompt}}",
+            }
+        },
         "n-samples": {name: {"original": len(scores), "effective": len(scores)}},
-        "config": {"kvbench": {"model": "meta-llama/Llama-3.1-8B-Instruct", "method": method, "method_params": params,
-                               "chunk_size": 32768, "query": query,
-                               "tasks": {name: {"kv_footprint": footprint, "kv_peak": footprint,
-                                                "kv_peak_bytes": 1e9 * footprint, "requests": len(scores)}}},
-                   "kvbench_sweep": {"method": method, "params": params, "task": name, "knob": "keep"}},
+        "config": {
+            "kvbench": {
+                "model": "meta-llama/Llama-3.1-8B-Instruct",
+                "method": method,
+                "method_params": params,
+                "chunk_size": 32768,
+                "query": query,
+                "tasks": {
+                    name: {
+                        "kv_footprint": footprint,
+                        "kv_peak": footprint,
+                        "kv_peak_bytes": 1e9 * footprint,
+                        "requests": len(scores),
+                    }
+                },
+            },
+            "kvbench_sweep": {"method": method, "params": params, "task": name, "knob": "keep"},
+        },
     }
     (folder / "results.json").write_text(json.dumps(data, indent=1))
     rows = [{"doc_id": i, "filter": "none", "score": float(s), "kv_footprint": footprint} for i, s in enumerate(scores)]
@@ -59,8 +81,16 @@ def make_sweep(root: Path, samples: int = 100, seed: int = 0) -> int:
                     middle = 0.2 + 0.07 * m + (0.05 if query == "agnostic" else 0.0)
                     for keep in KNOB_VALUES:
                         rate = 0.97 / (1 + np.exp(-(keep - middle) / 0.08))
-                        write_cell(root / f"{method}-{keep:.1f}-{task}-{query}", method, {"keep": float(keep)}, query,
-                                   task, category, (u < rate) * 1.0, float(keep))
+                        write_cell(
+                            root / f"{method}-{keep:.1f}-{task}-{query}",
+                            method,
+                            {"keep": float(keep)},
+                            query,
+                            task,
+                            category,
+                            (u < rate) * 1.0,
+                            float(keep),
+                        )
                         count += 1
     return count
 
@@ -88,12 +118,19 @@ def main() -> None:
         boards = scoring.score_runs(runs, replicates=args.replicates)
         text = leaderboard.render(boards, "json", 0.9)
         bootstrap = time.perf_counter() - started
-    figures = {"cells": cells, "samples_per_cell": 100, "replicates": args.replicates, "read_s": round(read, 2),
-               "score_without_intervals_s": round(points_only, 2), "score_with_intervals_s": round(bootstrap, 2),
-               "total_s": round(read + bootstrap, 2), "intervals_vs_points_only": round(bootstrap / points_only, 1),
-               "curves": sum(len(cb.critical) for b in boards for cb in b.categories.values()),
-               "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-               "json_bytes": len(text)}
+    figures = {
+        "cells": cells,
+        "samples_per_cell": 100,
+        "replicates": args.replicates,
+        "read_s": round(read, 2),
+        "score_without_intervals_s": round(points_only, 2),
+        "score_with_intervals_s": round(bootstrap, 2),
+        "total_s": round(read + bootstrap, 2),
+        "intervals_vs_points_only": round(bootstrap / points_only, 1),
+        "curves": sum(len(cb.critical) for b in boards for cb in b.categories.values()),
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "json_bytes": len(text),
+    }
     assert plain and all(cb.interval for b in boards for cb in b.categories.values())
     print(json.dumps(figures, indent=1))
     if args.json:

@@ -92,8 +92,14 @@ def save_model(directory: Path) -> None:
     """A small GQA Llama with random weights (fp32, sdpa), saved for both libraries to load."""
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=32768, attn_implementation="sdpa",
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        attn_implementation="sdpa",
     )
     LlamaForCausalLM(config).save_pretrained(directory)
 
@@ -114,10 +120,21 @@ def kvbench_methods(pattern: str, length: int, chunk: int) -> dict:
     """name: (method name, params, chunk size). Post-fill, full and duo run the prompt in one chunk, as kvpress does."""
     return {
         "full": ("full", {}, length),
-        "snapkv_postfill": ("snapkv", {"keep": KEEP, "schedule": "postfill", "obs_window": WINDOW, "kernel": KERNEL}, length),
-        "snapkv_chunked": ("snapkv", {"keep": KEEP, "schedule": "chunked", "obs_window": WINDOW, "kernel": KERNEL}, chunk),
-        "duoattention": ("duoattention", {"pattern": pattern, "head_sparsity": DUO["share"], "sink": DUO["sink"],
-                                          "window": DUO["recent"]}, length),
+        "snapkv_postfill": (
+            "snapkv",
+            {"keep": KEEP, "schedule": "postfill", "obs_window": WINDOW, "kernel": KERNEL},
+            length,
+        ),
+        "snapkv_chunked": (
+            "snapkv",
+            {"keep": KEEP, "schedule": "chunked", "obs_window": WINDOW, "kernel": KERNEL},
+            chunk,
+        ),
+        "duoattention": (
+            "duoattention",
+            {"pattern": pattern, "head_sparsity": DUO["share"], "sink": DUO["sink"], "window": DUO["recent"]},
+            length,
+        ),
     }
 
 
@@ -160,8 +177,16 @@ def overlap(model, ids, worker, workdir: Path) -> dict:
     budget = max(1, int(length * KEEP))
     full_out, kept_out = workdir / "full_keys.pt", workdir / "kept_keys.pt"
     worker.ask(op="run", case="full", ids=str(ids_file), new_tokens=1, kept_out=str(full_out))
-    worker.ask(op="run", case="snapkv", ids=str(ids_file), new_tokens=1, kept_out=str(kept_out),
-               compression_ratio=1 - KEEP, window=WINDOW, kernel=KERNEL)
+    worker.ask(
+        op="run",
+        case="snapkv",
+        ids=str(ids_file),
+        new_tokens=1,
+        kept_out=str(kept_out),
+        compression_ratio=1 - KEEP,
+        window=WINDOW,
+        kernel=KERNEL,
+    )
     theirs = kept_positions_kvpress(torch.load(full_out), torch.load(kept_out))
     params = {"budget": budget, "recent": WINDOW, "obs_window": WINDOW, "kernel": KERNEL, "schedule": "postfill"}
     cache = kvbench_prefill(model, ids, "snapkv", params, length)
@@ -196,8 +221,11 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=2048, help="kvbench snapkv chunked")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same on both sides")
     parser.add_argument("--json", default="vs_kvpress.json")
-    parser.add_argument("--profile", action="store_true",
-                        help="instead: torch.profiler of kvbench full vs the plain model at the first length")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: torch.profiler of kvbench full vs the plain model at the first length",
+    )
     args = parser.parse_args()
     if args.profile:
         return profile(args.lengths[0], args.threads)
@@ -208,8 +236,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kvbench-vs-kvpress-"))
     save_model(workdir / "model")
     model = LlamaForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32).eval()
-    gates = torch.rand(model.config.num_hidden_layers, model.config.num_key_value_heads,
-                       generator=torch.Generator().manual_seed(0))
+    gates = torch.rand(
+        model.config.num_hidden_layers, model.config.num_key_value_heads, generator=torch.Generator().manual_seed(0)
+    )
     pattern = workdir / "gates.tsv"
     pattern.write_text("\n".join("\t".join(f"{g:.5f}" for g in row) for row in gates.tolist()) + "\n")
     worker = Worker(python)
@@ -221,8 +250,12 @@ def main() -> None:
         "kvbench_side": {"torch": torch.__version__, "transformers": transformers.__version__},
         "kvpress_side": versions,
         "model": "Llama, 4 layers, hidden 256, 8 query / 2 KV heads, head_dim 32, random fp32 weights",
-        "new_tokens": NEW_TOKENS, "keep": KEEP, "chunk_size_chunked": args.chunk_size,
-        "timing": [], "memory": [], "overlap": [],  # memory holds the per-head-budget cases too
+        "new_tokens": NEW_TOKENS,
+        "keep": KEEP,
+        "chunk_size_chunked": args.chunk_size,
+        "timing": [],
+        "memory": [],
+        "overlap": [],  # memory holds the per-head-budget cases too
     }
     for length in args.lengths:
         ids = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(length))
@@ -233,8 +266,9 @@ def main() -> None:
         def kvbench_case(name):
             method, params, chunk = ours[name]
             start = time.perf_counter()
-            result = generate(model, ids, load_method(method, **params), chunk_size=chunk,
-                              max_new_tokens=NEW_TOKENS, eos_token_id=[])
+            result = generate(
+                model, ids, load_method(method, **params), chunk_size=chunk, max_new_tokens=NEW_TOKENS, eos_token_id=[]
+            )
             return time.perf_counter() - start, result
 
         def kvpress_case(case, **extra):
@@ -278,21 +312,36 @@ def main() -> None:
         # Memory: kvpress with its cache measured by forward hooks (after each layer's append, before the
         # press compresses); kvbench from its ledger and from the cache after prefill.
         memory = {"tokens": length}
-        for case, extra in (("full", {}), ("snapkv", {"compression_ratio": 1 - KEEP}), ("duo", {"duo": duo_request}),
-                            ("adakv", {"compression_ratio": 1 - KEEP})):
+        for case, extra in (
+            ("full", {}),
+            ("snapkv", {"compression_ratio": 1 - KEEP}),
+            ("duo", {"duo": duo_request}),
+            ("adakv", {"compression_ratio": 1 - KEEP}),
+        ):
             answer = worker.ask(op="run", case=case, ids=str(ids_file), new_tokens=NEW_TOKENS, memory=True, **extra)
-            memory[f"kvpress_{case}"] = {k: answer[k] for k in
-                                         ("kv_bytes_after_prompt", "kv_peak_bytes", "held_entries", "masked_entries")}
+            memory[f"kvpress_{case}"] = {
+                k: answer[k] for k in ("kv_bytes_after_prompt", "kv_peak_bytes", "held_entries", "masked_entries")
+            }
         for name in ("full", "snapkv_postfill", "snapkv_chunked", "duoattention"):
             method, params, chunk = ours[name]
             cache = kvbench_prefill(model, ids, method, params, chunk)
             if name == "duoattention":
-                peak = generate(model, ids, load_method(method, **params), chunk_size=chunk,
-                                max_new_tokens=NEW_TOKENS, eos_token_id=[]).stats.kv_peak_bytes
+                peak = generate(
+                    model,
+                    ids,
+                    load_method(method, **params),
+                    chunk_size=chunk,
+                    max_new_tokens=NEW_TOKENS,
+                    eos_token_id=[],
+                ).stats.kv_peak_bytes
             else:
                 peak = stats[f"kvbench_{name}"].kv_peak_bytes
-            memory[f"kvbench_{name}"] = {"kv_bytes_after_prompt": cache.nbytes, "kv_peak_bytes": peak,
-                                         "held_entries": cache.num_held, "masked_entries": 0}
+            memory[f"kvbench_{name}"] = {
+                "kv_bytes_after_prompt": cache.nbytes,
+                "kv_peak_bytes": peak,
+                "held_entries": cache.num_held,
+                "masked_entries": 0,
+            }
         full_bytes = memory["kvbench_full"]["kv_bytes_after_prompt"]
         assert memory["kvpress_full"]["kv_bytes_after_prompt"] == full_bytes, "the two full caches differ in size"
         for key, value in memory.items():
@@ -327,11 +376,17 @@ def profile(length: int, threads: int) -> None:
     ids = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(length))
     runs = {
         "hf": lambda: hf_run(model, ids),
-        "kvbench_full": lambda: generate(model, ids, load_method("full"), chunk_size=length,
-                                         max_new_tokens=NEW_TOKENS, eos_token_id=[]),
+        "kvbench_full": lambda: generate(
+            model, ids, load_method("full"), chunk_size=length, max_new_tokens=NEW_TOKENS, eos_token_id=[]
+        ),
         "kvbench_snapkv_postfill": lambda: generate(
-            model, ids, load_method("snapkv", keep=KEEP, schedule="postfill"), chunk_size=length,
-            max_new_tokens=NEW_TOKENS, eos_token_id=[]),
+            model,
+            ids,
+            load_method("snapkv", keep=KEEP, schedule="postfill"),
+            chunk_size=length,
+            max_new_tokens=NEW_TOKENS,
+            eos_token_id=[],
+        ),
     }
     for name, fn in runs.items():
         fn()  # warm-up
@@ -344,16 +399,22 @@ def profile(length: int, threads: int) -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{report['machine']}; kvpress {report['kvpress_side'].get('kvpress')} (transformers "
-          f"{report['kvpress_side']['transformers']}), kvbench side transformers {report['kvbench_side']['transformers']}")
+    print(
+        f"\n{report['machine']}; kvpress {report['kvpress_side'].get('kvpress')} (transformers "
+        f"{report['kvpress_side']['transformers']}), kvbench side transformers {report['kvbench_side']['transformers']}"
+    )
     print("\nwall time, prefill + 32 new tokens, relative (median of repeats, one run)")
-    print(f"{'tokens':>7} {'kvpress snap/full':>17} {'kvb post/full':>13} {'kvb chunk/full':>14} "
-          f"{'kvb post/kvp snap':>17} {'kvb chunk/kvp snap':>18} {'kvb full/kvp full':>17} {'kvb full/hf':>11}")
+    print(
+        f"{'tokens':>7} {'kvpress snap/full':>17} {'kvb post/full':>13} {'kvb chunk/full':>14} "
+        f"{'kvb post/kvp snap':>17} {'kvb chunk/kvp snap':>18} {'kvb full/kvp full':>17} {'kvb full/hf':>11}"
+    )
     for r in report["timing"]:
-        print(f"{r['tokens']:>7} {r['kvpress_snapkv_vs_kvpress_full']:>17} {r['kvbench_postfill_vs_kvbench_full']:>13} "
-              f"{r['kvbench_chunked_vs_kvbench_full']:>14} {r['kvbench_postfill_vs_kvpress_snapkv']:>17} "
-              f"{r['kvbench_chunked_vs_kvpress_snapkv']:>18} {r['kvbench_full_vs_kvpress_full']:>17} "
-              f"{r['kvbench_full_vs_hf']:>11}")
+        print(
+            f"{r['tokens']:>7} {r['kvpress_snapkv_vs_kvpress_full']:>17} {r['kvbench_postfill_vs_kvbench_full']:>13} "
+            f"{r['kvbench_chunked_vs_kvbench_full']:>14} {r['kvbench_postfill_vs_kvpress_snapkv']:>17} "
+            f"{r['kvbench_chunked_vs_kvpress_snapkv']:>18} {r['kvbench_full_vs_kvpress_full']:>17} "
+            f"{r['kvbench_full_vs_hf']:>11}"
+        )
     print("\nKV memory relative to full attention: physical bytes after the prompt / peak / entries attention sees")
     for m in report["memory"]:
         print(f"  {m['tokens']} tokens")
@@ -361,9 +422,11 @@ def print_table(report: dict) -> None:
             if key != "tokens":
                 print(f"    {key:<26} {v['after_prompt_vs_full']:>7} {v['peak_vs_full']:>7} {v['attended_vs_full']:>7}")
     for o in report["overlap"]:
-        print(f"\nSnapKV kept-entry overlap at {o['tokens']} tokens ({o['kept_per_head']} per head, {o['heads']} heads): "
-              f"mean {o['overlap_mean']}, min {o['overlap_min']}; {o['differing_entries']} differing entries, "
-              f"{o['differing_within_kernel_of_window']} of them within the kernel's reach of the window")
+        print(
+            f"\nSnapKV kept-entry overlap at {o['tokens']} tokens ({o['kept_per_head']} per head, {o['heads']} heads): "
+            f"mean {o['overlap_mean']}, min {o['overlap_min']}; {o['differing_entries']} differing entries, "
+            f"{o['differing_within_kernel_of_window']} of them within the kernel's reach of the window"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,7 @@ class Kernel:
 
 
 def cpu_fused(query, keys, values, causal: bool, scale: float):
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, keys, values, 0.0, causal,
-                                                                          scale=scale)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, keys, values, 0.0, causal, scale=scale)
     return out, lse
 
 
@@ -67,16 +66,33 @@ def flash_forward_kernel(forward) -> Callable:
     ones, flash-attn's bottom-right causal alignment is plain causality."""
 
     def attend(query, keys, values, causal: bool, scale: float):
-        out, lse = forward(query.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), None, None,
-                           query.shape[2], keys.shape[2], 0.0, causal, False, scale=scale)[:2]
+        out, lse = forward(
+            query.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            None,
+            None,
+            query.shape[2],
+            keys.shape[2],
+            0.0,
+            causal,
+            False,
+            scale=scale,
+        )[:2]
         return out.transpose(1, 2), lse
 
     return attend
 
 
 def flash_attn_package(query, keys, values, causal: bool, scale: float):
-    out, lse, _ = flash_attn_func(query.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-                                  causal=causal, softmax_scale=scale, return_attn_probs=True)
+    out, lse, _ = flash_attn_func(
+        query.transpose(1, 2),
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        causal=causal,
+        softmax_scale=scale,
+        return_attn_probs=True,
+    )
     return out.transpose(1, 2), lse
 
 
@@ -90,29 +106,37 @@ def select_kernel(device: torch.device, dtype: torch.dtype, head_dim: int, attn:
         raise ValueError(f"attn must be one of {', '.join(ATTENTION_KERNELS)}; got {attn!r}")
     if device.type == "cpu":
         if attn == "flash":
-            raise ValueError("attn=flash runs the flash-attn package on CUDA; this model is on the CPU: use attn=sdpa "
-                             "(PyTorch's fused attention for CPU)")
+            raise ValueError(
+                "attn=flash runs the flash-attn package on CUDA; this model is on the CPU: use attn=sdpa "
+                "(PyTorch's fused attention for CPU)"
+            )
         return Kernel("cpu-fused (aten._scaled_dot_product_flash_attention_for_cpu)", cpu_fused)
     if device.type != "cuda":
         raise ValueError(f"kvbench's attention runs on CPU or CUDA; this model is on {device.type}")
     problems = []
     if dtype not in FLASH_DTYPES:
-        problems.append(f"the model is {str(dtype).removeprefix('torch.')} (flash needs bfloat16 or float16: pass "
-                        "dtype=bfloat16)")
+        problems.append(
+            f"the model is {str(dtype).removeprefix('torch.')} (flash needs bfloat16 or float16: pass dtype=bfloat16)"
+        )
     if head_dim > FLASH_MAX_HEAD_DIM:
         problems.append(f"its head_dim is {head_dim} (flash takes at most {FLASH_MAX_HEAD_DIM})")
     if problems:
-        raise ValueError("kvbench attends on CUDA with flash kernels only, never through a chunk x held score "
-                         "matrix; " + " and ".join(problems))
+        raise ValueError(
+            "kvbench attends on CUDA with flash kernels only, never through a chunk x held score "
+            "matrix; " + " and ".join(problems)
+        )
     if attn == "flash":
         if flash_attn_func is None:
-            raise ValueError("attn=flash needs the flash-attn package (pip install 'kvbench[gpu]'); attn=sdpa runs "
-                             "PyTorch's own flash kernel, the same algorithm")
+            raise ValueError(
+                "attn=flash needs the flash-attn package (pip install 'kvbench[gpu]'); attn=sdpa runs "
+                "PyTorch's own flash kernel, the same algorithm"
+            )
         import flash_attn
 
         return Kernel(f"flash-attn {flash_attn.__version__} (flash_attn_func)", flash_attn_package)
-    return Kernel("torch-flash (aten._flash_attention_forward)",
-                  flash_forward_kernel(torch.ops.aten._flash_attention_forward))
+    return Kernel(
+        "torch-flash (aten._flash_attention_forward)", flash_forward_kernel(torch.ops.aten._flash_attention_forward)
+    )
 
 
 # ---- the one code path ----
@@ -152,8 +176,17 @@ def masked_attention(query, keys, values, visible: torch.Tensor, scale: float):
     return torch.einsum("hqk,kd->hqd", weights, values[0, 0].float())[None], lse[None]
 
 
-def attend_windowed(query, keys, values, key_positions, query_runs: list[tuple[int, int]], window: int, scale: float,
-                    kernel: Kernel, block: int = QUERY_BLOCK) -> torch.Tensor:
+def attend_windowed(
+    query,
+    keys,
+    values,
+    key_positions,
+    query_runs: list[tuple[int, int]],
+    window: int,
+    scale: float,
+    kernel: Kernel,
+    block: int = QUERY_BLOCK,
+) -> torch.Tensor:
     """`attend` for a model whose keys are visible only within `window` positions (Mistral): key p is visible to
     query q when q - window < p <= q. Queries go in blocks of consecutive positions (`query_runs`: (first position,
     count) of each run of the step's queries, in order), KV heads one by one (after eviction each holds other
@@ -170,10 +203,15 @@ def attend_windowed(query, keys, values, key_positions, query_runs: list[tuple[i
         start += count
     # Where each block's ranges begin and end in each head's held positions (ascending): one transfer per layer,
     # since slicing needs the sizes on the host.
-    edges = torch.tensor([[q0 - window, q0 + size - 1 - window, q0, q0 + size - 1] for _, size, q0 in blocks],
-                         device=key_positions.device)
-    cuts = torch.searchsorted(key_positions.contiguous(), edges.flatten()[None].expand(heads, -1).contiguous(),
-                              right=True).view(heads, len(blocks), 4).tolist()
+    edges = torch.tensor(
+        [[q0 - window, q0 + size - 1 - window, q0, q0 + size - 1] for _, size, q0 in blocks],
+        device=key_positions.device,
+    )
+    cuts = (
+        torch.searchsorted(key_positions.contiguous(), edges.flatten()[None].expand(heads, -1).contiguous(), right=True)
+        .view(heads, len(blocks), 4)
+        .tolist()
+    )
     out = torch.empty_like(query)
     for b, (index, size, q0) in enumerate(blocks):
         q_positions = torch.arange(q0, q0 + size, device=query.device)
@@ -187,8 +225,11 @@ def attend_windowed(query, keys, values, key_positions, query_runs: list[tuple[i
             for lo, hi, rule in ((low, middle, "window"), (high, top, "causal")):
                 if lo < hi:
                     p = key_positions[head, lo:hi]
-                    visible = (p[None, :] > q_positions[:, None] - window if rule == "window"
-                               else p[None, :] <= q_positions[:, None])
+                    visible = (
+                        p[None, :] > q_positions[:, None] - window
+                        if rule == "window"
+                        else p[None, :] <= q_positions[:, None]
+                    )
                     parts.append(masked_attention(q, k[:, :, lo:hi], v[:, :, lo:hi], visible, scale))
             out[:, head * per_head : (head + 1) * per_head, index : index + size] = merge(parts, query.dtype)
     return out
@@ -217,13 +258,23 @@ def kvbench_attention(module, query, key, value, attention_mask, scaling=None, d
 # learned sinks `s_aux`, Gemma 2's `softcap`, ...): run without it, the logits would silently differ from the
 # model's own, so it is refused.
 IMPLEMENTED_ARGUMENTS = {"kvbench_step", "sliding_window"}
-BOOKKEEPING_ARGUMENTS = {"position_ids", "cache_position", "use_cache", "output_attentions", "output_hidden_states",
-                         "output_router_logits", "return_dict"}
+BOOKKEEPING_ARGUMENTS = {
+    "position_ids",
+    "cache_position",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "output_router_logits",
+    "return_dict",
+}
 
 
 def _refuse_unknown_arguments(module, dropout, kwargs) -> None:
-    unknown = sorted(name for name, value in kwargs.items()
-                     if value is not None and name not in IMPLEMENTED_ARGUMENTS | BOOKKEEPING_ARGUMENTS)
+    unknown = sorted(
+        name
+        for name, value in kwargs.items()
+        if value is not None and name not in IMPLEMENTED_ARGUMENTS | BOOKKEEPING_ARGUMENTS
+    )
     if dropout:
         unknown.insert(0, f"dropout={dropout}")
     if unknown:

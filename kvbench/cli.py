@@ -43,8 +43,16 @@ def _methods(args) -> int:
     rows = []
     for name, entry in registry().items():
         cls = entry.method_class
-        rows.append({"name": name, "category": cls.category, "source": entry.source, "knob": cls.knob,
-                     "parameters": _effective_defaults(cls), "description": cls.description})
+        rows.append(
+            {
+                "name": name,
+                "category": cls.category,
+                "source": entry.source,
+                "knob": cls.knob,
+                "parameters": _effective_defaults(cls),
+                "description": cls.description,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -102,7 +110,7 @@ def _data_fetch(args) -> int:
         print(f"HELMET's data -> {fetch.fetch_helmet(dest, url, args.sha256, keep=args.keep_archive)}")
     if args.what in ("all", "icl"):
         print(f"ICL datasets -> {fetch.fetch_icl(dest, sources=fetch.icl_mirror(args.icl_mirror))}")
-    print(f"use it with --metadata '{{\"data_dir\": \"{dest}\"}}' or {common.DATA_DIR_ENV}={dest}")
+    print(f'use it with --metadata \'{{"data_dir": "{dest}"}}\' or {common.DATA_DIR_ENV}={dest}')
     return 0
 
 
@@ -183,12 +191,17 @@ def _thresholds(args, runs, statistics: dict) -> int:
     try:
         thresholds = [float(t) for t in args.thresholds.split(",")]
     except ValueError:
-        raise ValueError(f"--thresholds takes numbers separated by commas (0.85,0.9,0.95); got {args.thresholds!r}") from None
+        raise ValueError(
+            f"--thresholds takes numbers separated by commas (0.85,0.9,0.95); got {args.thresholds!r}"
+        ) from None
     if args.format not in ("md", "json"):
         raise ValueError("--thresholds writes md or json")
     table = views.threshold_table(runs, thresholds, **statistics)
-    text = views.threshold_markdown(table, thresholds, statistics) if args.format == "md" else json.dumps(
-        {"thresholds": thresholds, "statistics": statistics, "rows": table}, indent=1)
+    text = (
+        views.threshold_markdown(table, thresholds, statistics)
+        if args.format == "md"
+        else json.dumps({"thresholds": thresholds, "statistics": statistics, "rows": table}, indent=1)
+    )
     if args.out:
         Path(args.out).write_text(text)
         print(f"{args.format} table at {args.thresholds} -> {args.out}")
@@ -257,15 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="task data: HELMET's released files and the ICL datasets")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_commands.add_parser(
-        "fetch", help="download and unpack HELMET's data and the ICL datasets (online; resumable; ICL sources checksummed)"
+        "fetch",
+        help="download and unpack HELMET's data and the ICL datasets (online; resumable; ICL sources checksummed)",
     )
     fetch.add_argument("what", nargs="?", choices=["all", "helmet", "icl"], default="all")
     fetch.add_argument("--dest", help="target folder (default: $KVBENCH_DATA_DIR, else ~/.cache/kvbench/helmet)")
     fetch.add_argument("--url", default=None, help="mirror of HELMET's data.tar.gz")
     fetch.add_argument("--sha256", default=None, help="expected SHA-256 of data.tar.gz")
     fetch.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after unpacking")
-    fetch.add_argument("--icl-mirror", default=None, metavar="URL",
-                       help="fetch the ICL source files from URL/<source>/<file name> instead (checksums still pinned)")
+    fetch.add_argument(
+        "--icl-mirror",
+        default=None,
+        metavar="URL",
+        help="fetch the ICL source files from URL/<source>/<file name> instead (checksums still pinned)",
+    )
     fetch.set_defaults(run=_data_fetch)
 
     sweep = commands.add_parser(
@@ -275,11 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default="sweeps", help="results folder, one subfolder per cell (default: sweeps)")
     sweep.add_argument("--shard", default=None, metavar="i/n", help="run every n-th cell from the i-th (0 <= i < n)")
     sweep.add_argument("--dry-run", action="store_true", help="print the equivalent lm_eval command of every cell")
-    sweep.add_argument("--refine", type=float, default=None, metavar="WIDTH",
-                       help="then add knob values where a curve crosses its threshold, until every critical "
-                            "footprint's 95%% interval is narrower than WIDTH (e.g. 0.05) or the budget is spent")
-    sweep.add_argument("--refine-budget", type=int, default=40, metavar="CELLS",
-                       help="most cells --refine may add (default 40)")
+    sweep.add_argument(
+        "--refine",
+        type=float,
+        default=None,
+        metavar="WIDTH",
+        help="then add knob values where a curve crosses its threshold, until every critical "
+        "footprint's 95%% interval is narrower than WIDTH (e.g. 0.05) or the budget is spent",
+    )
+    sweep.add_argument(
+        "--refine-budget", type=int, default=40, metavar="CELLS", help="most cells --refine may add (default 40)"
+    )
     sweep.add_argument("--threshold", type=float, default=0.9, help="--refine's threshold (default 0.9)")
     sweep.set_defaults(run=_sweep)
 
@@ -292,24 +316,47 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", default=None, help="write the table here (default: print it)")
     board.add_argument("--plot", default=None, metavar="FILE.png", help="score vs footprint per category")
     board.add_argument("--reported", action="store_true", help="add the paper's Table 2, marked as reported")
-    board.add_argument("--category", action="append", metavar="TASK=CATEGORY",
-                       help="category of a task whose metadata has none (repeatable)")
-    board.add_argument("--thresholds", default=None, metavar="T1,T2,...",
-                       help="one table at several thresholds (e.g. 0.85,0.9,0.95) with each method's rank (md, json)")
-    board.add_argument("--ci", type=float, default=DEFAULT_LEVEL, metavar="LEVEL",
-                       help=f"confidence level of the intervals and rank ranges (default {DEFAULT_LEVEL})")
-    board.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
-                       help=f"paired bootstrap replicates over samples (default {DEFAULT_REPLICATES}; 0: no intervals)")
-    board.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                       help=f"seed of the bootstrap draws: the same files and seed give the same table (default "
-                            f"{DEFAULT_SEED})")
+    board.add_argument(
+        "--category",
+        action="append",
+        metavar="TASK=CATEGORY",
+        help="category of a task whose metadata has none (repeatable)",
+    )
+    board.add_argument(
+        "--thresholds",
+        default=None,
+        metavar="T1,T2,...",
+        help="one table at several thresholds (e.g. 0.85,0.9,0.95) with each method's rank (md, json)",
+    )
+    board.add_argument(
+        "--ci",
+        type=float,
+        default=DEFAULT_LEVEL,
+        metavar="LEVEL",
+        help=f"confidence level of the intervals and rank ranges (default {DEFAULT_LEVEL})",
+    )
+    board.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_REPLICATES,
+        metavar="N",
+        help=f"paired bootstrap replicates over samples (default {DEFAULT_REPLICATES}; 0: no intervals)",
+    )
+    board.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seed of the bootstrap draws: the same files and seed give the same table (default {DEFAULT_SEED})",
+    )
     board.set_defaults(run=_leaderboard)
 
     plot = commands.add_parser("plot", help="the footprint views: KV held over time, chunk sizes, memory")
     plot_commands = plot.add_subparsers(dest="view", metavar="VIEW", required=True)
-    for view, text in (("trace", "KV held over one request, one line per run (runs with trace=true)"),
-                       ("chunks", "critical footprint against the prefill chunk size, per method and category"),
-                       ("memory", "measured peak bytes and tokens/s against the idealised footprint and peak")):
+    for view, text in (
+        ("trace", "KV held over one request, one line per run (runs with trace=true)"),
+        ("chunks", "critical footprint against the prefill chunk size, per method and category"),
+        ("memory", "measured peak bytes and tokens/s against the idealised footprint and peak"),
+    ):
         one = plot_commands.add_parser(view, help=text)
         one.add_argument("results", nargs="+", help="lm-eval result files or folders (a sweep's, or --output_path)")
         one.add_argument("--out", required=True, metavar="FIG.png")
@@ -322,13 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Dispatched in main() before parsing: every argument belongs to lm-eval, whose parser reads them.
     commands.add_parser(
-        "eval", add_help=False,
+        "eval",
+        add_help=False,
         help="lm-eval with kvbench's backend and tasks: `kvbench eval ARGS` = `lm_eval ARGS` (e.g. --model kvbench)",
     )
 
-    prulong = commands.add_parser("prulong", help="PruLong head-pattern training (hard-concrete gates, min-max sparsity)")
+    prulong = commands.add_parser(
+        "prulong", help="PruLong head-pattern training (hard-concrete gates, min-max sparsity)"
+    )
     prulong_commands = prulong.add_subparsers(dest="prulong_command", metavar="ACTION", required=True)
-    train = prulong_commands.add_parser("train", help="learn which heads keep the full cache; exports scores and a pattern")
+    train = prulong_commands.add_parser(
+        "train", help="learn which heads keep the full cache; exports scores and a pattern"
+    )
     _training_arguments(train, lr=0.1)
     train.add_argument("--target-sparsity", type=float, default=0.5, help="share of streaming heads, in [0, 1)")
     train.add_argument("--warmup-fraction", type=float, default=0.8, help="share of steps the target ramps up over")
@@ -353,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="offline: a small sweep on the bundled tiny model -> critical-KV-footprint table and plot"
     )
-    demo.add_argument("--out", default="kvbench-demo", help="folder for the sweep, table and plot (default kvbench-demo)")
+    demo.add_argument(
+        "--out", default="kvbench-demo", help="folder for the sweep, table and plot (default kvbench-demo)"
+    )
     demo.add_argument("--samples", type=int, default=5, help="samples per task (default 5)")
     demo.add_argument("--quick", action="store_true", help="one budget each of four methods (what CI runs)")
     demo.add_argument("--length", type=int, default=1024, help="context length in tokens (default 1024)")
@@ -366,11 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _training_arguments(parser, lr: float) -> None:
     parser.add_argument("--model", required=True, help="a path, a hub name, or kvbench-tiny")
     parser.add_argument("--out", required=True, help="folder for the learned table, the log and the settings")
-    parser.add_argument("--data", default="synthetic",
-                        help='"synthetic" (the generators) or a .txt / .jsonl file ({"text"} or {"prompt", "answer"} rows)')
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        help='"synthetic" (the generators) or a .txt / .jsonl file ({"text"} or {"prompt", "answer"} rows)',
+    )
     parser.add_argument("--tasks", nargs="+", default=["synth_recall"], help="synthetic tasks, taken in turn")
-    parser.add_argument("--answers", choices=["gold", "model"], default="gold",
-                        help="synthetic data: supervise the gold answers or the model's own at full attention")
+    parser.add_argument(
+        "--answers",
+        choices=["gold", "model"],
+        default="gold",
+        help="synthetic data: supervise the gold answers or the model's own at full attention",
+    )
     parser.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=4, help="sequences per step (per process)")
@@ -384,10 +445,18 @@ def _training_arguments(parser, lr: float) -> None:
 
 
 def _export_arguments(parser, default_help: str, required: bool = False) -> None:
-    parser.add_argument("--export-sparsity", type=float, required=required,
-                        help=f"share of streaming heads in the binary pattern ({default_help})")
-    parser.add_argument("--min-full-per-layer", type=int, default=0,
-                        help="refuse an export leaving a layer with fewer full heads than this")
+    parser.add_argument(
+        "--export-sparsity",
+        type=float,
+        required=required,
+        help=f"share of streaming heads in the binary pattern ({default_help})",
+    )
+    parser.add_argument(
+        "--min-full-per-layer",
+        type=int,
+        default=0,
+        help="refuse an export leaving a layer with fewer full heads than this",
+    )
 
 
 def _train_settings(args):
@@ -396,10 +465,20 @@ def _train_settings(args):
     from kvbench.training.common import TrainSettings
 
     return TrainSettings(
-        model=args.model, out=Path(args.out), data=args.data, tasks=tuple(args.tasks), answers=args.answers,
+        model=args.model,
+        out=Path(args.out),
+        data=args.data,
+        tasks=tuple(args.tasks),
+        answers=args.answers,
         seq_len=args.seq_len,
-        steps=args.steps, batch_size=args.batch_size, sink=args.sink, window=args.window, lr=args.lr,
-        seed=args.seed, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        sink=args.sink,
+        window=args.window,
+        lr=args.lr,
+        seed=args.seed,
+        dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
         log_every=args.log_every,
     )
 
@@ -407,13 +486,20 @@ def _train_settings(args):
 def _prulong_train(args) -> int:
     from kvbench.training.train import PruLongTrainer
 
-    trainer = PruLongTrainer(_train_settings(args), target_sparsity=args.target_sparsity,
-                             warmup_fraction=args.warmup_fraction, lambda_lr=args.lambda_lr,
-                             export_sparsity=args.export_sparsity, min_full_per_layer=args.min_full_per_layer)
+    trainer = PruLongTrainer(
+        _train_settings(args),
+        target_sparsity=args.target_sparsity,
+        warmup_fraction=args.warmup_fraction,
+        lambda_lr=args.lambda_lr,
+        export_sparsity=args.export_sparsity,
+        min_full_per_layer=args.min_full_per_layer,
+    )
     result = trainer.train()
     if result:
-        print(f"expected sparsity {result['expected_sparsity']:.3f}; scores: {result['scores']}; "
-              f"pattern: {result['pattern']}")
+        print(
+            f"expected sparsity {result['expected_sparsity']:.3f}; scores: {result['scores']}; "
+            f"pattern: {result['pattern']}"
+        )
     return 0
 
 
@@ -422,8 +508,10 @@ def _prulong_export(args) -> int:
     from kvbench.training import patterns
 
     pattern = patterns.binary_pattern(read_pattern(args.scores), args.export_sparsity, args.min_full_per_layer)
-    print(f"{int((pattern == 0).sum())} of {pattern.numel()} heads streaming; written to "
-          f"{patterns.write_table(pattern, args.out)}")
+    print(
+        f"{int((pattern == 0).sum())} of {pattern.numel()} heads streaming; written to "
+        f"{patterns.write_table(pattern, args.out)}"
+    )
     return 0
 
 
@@ -441,8 +529,14 @@ def _demo(args) -> int:
 
     from kvbench.tiny import demo
 
-    table = demo.run(args.out, samples=args.samples, length=args.length, chunk_size=args.chunk_size,
-                     quick=args.quick, tasks=args.tasks)
+    table = demo.run(
+        args.out,
+        samples=args.samples,
+        length=args.length,
+        chunk_size=args.chunk_size,
+        quick=args.quick,
+        tasks=args.tasks,
+    )
     print(table, end="")
     out = Path(args.out)
     print(f"table -> {out / 'leaderboard.md'}; plot -> {out / 'leaderboard.png'}; sweep -> {out / 'results'}")

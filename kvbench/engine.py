@@ -72,13 +72,23 @@ def generate(
     the question, and the question is then run against what was kept (see `generate_many`). None: query-aware.
     """
     ids = _prompt_ids(prompt, tokenizer)
-    options = dict(tokenizer=tokenizer, chunk_size=chunk_size, max_new_tokens=max_new_tokens, stop=stop,
-                   eos_token_id=eos_token_id, attn=attn, return_logits=return_logits,
-                   stop_token_ids=stop_token_ids, trace=trace)
+    options = dict(
+        tokenizer=tokenizer,
+        chunk_size=chunk_size,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        eos_token_id=eos_token_id,
+        attn=attn,
+        return_logits=return_logits,
+        stop_token_ids=stop_token_ids,
+        trace=trace,
+    )
     if question_start is not None:
         if not isinstance(question_start, int) or not 0 < question_start < len(ids):
-            raise ValueError(f"question_start must be a token index within the prompt (1..{len(ids) - 1}: a "
-                             f"context and a question of at least one token each); got {question_start!r}")
+            raise ValueError(
+                f"question_start must be a token index within the prompt (1..{len(ids) - 1}: a "
+                f"context and a question of at least one token each); got {question_start!r}"
+            )
         return generate_many(model, ids[:question_start], [ids[question_start:]], method, **options)[0]
     run = _Request(model, method, len(ids), **options)
     ids = ids.to(run.device)
@@ -124,17 +134,31 @@ def generate_many(
             cache = run.cache if number == len(question_ids) else copy.deepcopy(run.cache)
             question = question.to(run.device)
             logits = forward_step(model, cache, question, len(context_ids), Phase(True, 0), kernel=run.kernel)
-            results.append(run.decode(model, cache, logits, prompt_tokens=len(context_ids) + len(question),
-                                      fed_steps=1))
+            results.append(
+                run.decode(model, cache, logits, prompt_tokens=len(context_ids) + len(question), fed_steps=1)
+            )
     return results
 
 
 class _Request:
     """What one request's prefill and decoding share: the checked options, the method, the cache."""
 
-    def __init__(self, model, method, prompt_tokens, *, tokenizer=None, chunk_size=DEFAULT_CHUNK_SIZE,
-                 max_new_tokens=32, stop=(), eos_token_id=None, attn="sdpa", return_logits=False,
-                 stop_token_ids=(), trace=False):
+    def __init__(
+        self,
+        model,
+        method,
+        prompt_tokens,
+        *,
+        tokenizer=None,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+        max_new_tokens=32,
+        stop=(),
+        eos_token_id=None,
+        attn="sdpa",
+        return_logits=False,
+        stop_token_ids=(),
+        trace=False,
+    ):
         from kvbench.methods.full import Full  # the default; the engine names no other method
 
         _check_request(model, chunk_size, max_new_tokens, attn, stop, tokenizer)
@@ -169,15 +193,23 @@ class _Request:
             if token in self.stop_token_ids:
                 finish_reason = "stop"
                 break
-            if self.stop and _first_stop(self.tokenizer.decode(generated, skip_special_tokens=True),
-                                         self.stop) is not None:
+            if (
+                self.stop
+                and _first_stop(self.tokenizer.decode(generated, skip_special_tokens=True), self.stop) is not None
+            ):
                 finish_reason = "stop"
                 break
             if len(generated) == self.max_new_tokens:
                 break
             step = torch.tensor([token], device=self.device)
-            logits = forward_step(model, cache, step, prompt_tokens + decode_steps,
-                                  Phase(True, fed_steps + decode_steps), kernel=self.kernel)
+            logits = forward_step(
+                model,
+                cache,
+                step,
+                prompt_tokens + decode_steps,
+                Phase(True, fed_steps + decode_steps),
+                kernel=self.kernel,
+            )
             decode_steps += 1
 
         text = None
@@ -240,15 +272,21 @@ def score_continuation(
         pieces = [prefill(model, cache, context_ids, chunk_size, kernel)[None]]
         if len(fed) and method.evicts_while_decoding():
             for step, token in enumerate(fed):
-                pieces.append(forward_step(model, cache, token[None], len(context_ids) + step, Phase(True, step),
-                                           kernel=kernel)[None])
+                pieces.append(
+                    forward_step(model, cache, token[None], len(context_ids) + step, Phase(True, step), kernel=kernel)[
+                        None
+                    ]
+                )
         elif len(fed):
             held = cache.num_held
-            pieces.append(forward_step(model, cache, fed, len(context_ids), Phase(True, 0), all_logits=True,
-                                       kernel=kernel))
+            pieces.append(
+                forward_step(model, cache, fed, len(context_ids), Phase(True, 0), all_logits=True, kernel=kernel)
+            )
             if cache.num_held != held + len(fed) * shape.num_layers * shape.num_kv_heads:
-                raise ValueError(f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
-                                 "says it never does; a continuation would be scored wrongly")
+                raise ValueError(
+                    f"method {method.name!r} evicted while decoding, but its evicts_while_decoding() "
+                    "says it never does; a continuation would be scored wrongly"
+                )
     logits = torch.cat(pieces).float()
     logprobs = logits.log_softmax(dim=-1).gather(1, target[:, None])[:, 0]
     return Scoring(
@@ -260,8 +298,9 @@ def score_continuation(
     )
 
 
-def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int,
-            kernel: attention.Kernel | None = None) -> torch.Tensor:
+def prefill(
+    model, cache: KVCache, ids: torch.Tensor, chunk_size: int, kernel: attention.Kernel | None = None
+) -> torch.Tensor:
     """Run the prompt through the cache in chunks; return the last position's logits.
 
     Under a patched schedule, every chunk but the last carries the prompt's last tokens, for the
@@ -276,13 +315,20 @@ def prefill(model, cache: KVCache, ids: torch.Tensor, chunk_size: int,
         tail = scoring if index < num_chunks - 1 else 0
         tokens = torch.cat([chunk, ids[len(ids) - tail :]]) if tail else chunk
         runs = [(start, len(chunk))] + ([(len(ids) - tail, tail)] if tail else [])
-        logits = forward_step(model, cache, tokens, runs, Phase(False, index, num_chunks), scoring=tail,
-                              kernel=kernel)
+        logits = forward_step(model, cache, tokens, runs, Phase(False, index, num_chunks), scoring=tail, kernel=kernel)
     return logits
 
 
-def forward_step(model, cache: KVCache, tokens, positions, phase: Phase, all_logits=False, scoring=0,
-                 kernel: attention.Kernel | None = None):
+def forward_step(
+    model,
+    cache: KVCache,
+    tokens,
+    positions,
+    phase: Phase,
+    all_logits=False,
+    scoring=0,
+    kernel: attention.Kernel | None = None,
+):
     """One forward of `tokens` through the cache, at true positions: `positions` is the first one (consecutive
     tokens) or [(first, count), ...] runs of consecutive ones. Returns the last logits, or every fed token's (less
     the scoring tail's, which only the method sees). The step (kvbench.step.Step) appends, attends and evicts."""
@@ -333,7 +379,9 @@ def _prompt_ids(prompt, tokenizer) -> torch.Tensor:
 
 def _check_request(model, chunk_size, max_new_tokens, attn, stop, tokenizer) -> None:
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer (1 or more tokens per prefill chunk); got {chunk_size!r}")
+        raise ValueError(
+            f"chunk_size must be a positive integer (1 or more tokens per prefill chunk); got {chunk_size!r}"
+        )
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
     if stop and tokenizer is None:

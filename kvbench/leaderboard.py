@@ -19,9 +19,30 @@ import numpy as np
 from kvbench.scoring import GroupBoard, split_label
 from kvbench.statistics import format_rank
 
-COLUMNS = ("source", "model", "context_length", "chunk_size", "category", "method", "query", "critical_footprint",
-           "mark", "critical", "ci_low", "ci_high", "ci_level", "interval", "n", "rank", "rank_low", "rank_high",
-           "peak_at_critical", "peak_bytes_at_critical", "baseline_score", "threshold")
+COLUMNS = (
+    "source",
+    "model",
+    "context_length",
+    "chunk_size",
+    "category",
+    "method",
+    "query",
+    "critical_footprint",
+    "mark",
+    "critical",
+    "ci_low",
+    "ci_high",
+    "ci_level",
+    "interval",
+    "n",
+    "rank",
+    "rank_low",
+    "rank_high",
+    "peak_at_critical",
+    "peak_bytes_at_critical",
+    "baseline_score",
+    "threshold",
+)
 
 
 def reported_table() -> dict:
@@ -41,52 +62,91 @@ def rows(boards: list[GroupBoard], threshold: float, reported: bool = False) -> 
                 interval, rank = cb.interval.get(label), cb.rank.get(label)
                 tried = [p.footprint for p in cb.points if p.method == label]
                 n = next((p.n for p in cb.points if p.method == label), cb.n)
-                out.append({"source": "measured", "model": board.model, "context_length": board.context_length,
-                            "chunk_size": board.chunk_size, "category": category, "method": method, "query": query,
-                            "critical_footprint": c.value, "mark": c.mark, "critical": str(c),
-                            "ci_low": interval.open_low if interval else None,
-                            "ci_high": interval.open_high if interval else None,
-                            "ci_level": interval.level if interval else None,
-                            "interval": interval.text(min(tried), max(tried)) if interval else None,
-                            "n": n, "rank": format_rank(rank) if rank else None,
-                            "rank_low": rank[0] if rank else None, "rank_high": rank[1] if rank else None,
-                            "ahead": {split_label(other)[0]: p for other, p in sorted(cb.ahead.get(label, {}).items())},
-                            "peak_at_critical": c.peak, "peak_bytes_at_critical": c.peak_bytes,
-                            "baseline_score": cb.baseline, "threshold": threshold})
+                out.append(
+                    {
+                        "source": "measured",
+                        "model": board.model,
+                        "context_length": board.context_length,
+                        "chunk_size": board.chunk_size,
+                        "category": category,
+                        "method": method,
+                        "query": query,
+                        "critical_footprint": c.value,
+                        "mark": c.mark,
+                        "critical": str(c),
+                        "ci_low": interval.open_low if interval else None,
+                        "ci_high": interval.open_high if interval else None,
+                        "ci_level": interval.level if interval else None,
+                        "interval": interval.text(min(tried), max(tried)) if interval else None,
+                        "n": n,
+                        "rank": format_rank(rank) if rank else None,
+                        "rank_low": rank[0] if rank else None,
+                        "rank_high": rank[1] if rank else None,
+                        "ahead": {split_label(other)[0]: p for other, p in sorted(cb.ahead.get(label, {}).items())},
+                        "peak_at_critical": c.peak,
+                        "peak_bytes_at_critical": c.peak_bytes,
+                        "baseline_score": cb.baseline,
+                        "threshold": threshold,
+                    }
+                )
     if reported:
         paper = reported_table()
         for method, values in paper["rows"].items():
             for category, value in zip(paper["categories"], values, strict=True):
                 mark = value[0] if value[0] in "<>" else ""
-                out.append({"source": "reported (arXiv 2506.17121, Table 2)", "model": paper["model"],
-                            "context_length": paper["context_length"], "chunk_size": paper["chunk_size"],
-                            "category": category, "method": method, "query": "aware",
-                            "critical_footprint": float(value.lstrip("<>")) / 100, "mark": mark,
-                            "critical": f"{value}%", "ci_low": None, "ci_high": None, "ci_level": None,
-                            "interval": None, "n": None, "rank": None, "rank_low": None, "rank_high": None,
-                            "ahead": {}, "peak_at_critical": None, "peak_bytes_at_critical": None,
-                            "baseline_score": None, "threshold": paper["threshold"]})
+                out.append(
+                    {
+                        "source": "reported (arXiv 2506.17121, Table 2)",
+                        "model": paper["model"],
+                        "context_length": paper["context_length"],
+                        "chunk_size": paper["chunk_size"],
+                        "category": category,
+                        "method": method,
+                        "query": "aware",
+                        "critical_footprint": float(value.lstrip("<>")) / 100,
+                        "mark": mark,
+                        "critical": f"{value}%",
+                        "ci_low": None,
+                        "ci_high": None,
+                        "ci_level": None,
+                        "interval": None,
+                        "n": None,
+                        "rank": None,
+                        "rank_low": None,
+                        "rank_high": None,
+                        "ahead": {},
+                        "peak_at_critical": None,
+                        "peak_bytes_at_critical": None,
+                        "baseline_score": None,
+                        "threshold": paper["threshold"],
+                    }
+                )
     return out
 
 
 def cell_text(row: dict) -> str:
-    """"44% [38–51]": the critical footprint and its interval (the value alone where there is none)."""
+    """ "44% [38–51]": the critical footprint and its interval (the value alone where there is none)."""
     return f"{row['critical']} [{row['interval']}]" if row.get("interval") else row["critical"]
 
 
 def statistics_note(boards: list[GroupBoard]) -> str:
     """What the intervals and ranks rest on, in one paragraph (empty without any)."""
-    settings = {(b.statistics["level"], b.statistics["replicates"], b.statistics["seed"]) for b in boards
-                if b.statistics and any(cb.interval for cb in b.categories.values())}
+    settings = {
+        (b.statistics["level"], b.statistics["replicates"], b.statistics["seed"])
+        for b in boards
+        if b.statistics and any(cb.interval for cb in b.categories.values())
+    }
     if not settings:
         return ""
     level, replicates, seed = sorted(settings)[0]
     notes = sorted({note for b in boards for cb in b.categories.values() for note in cb.notes})
-    text = (f"[brackets]: the {100 * level:g}% interval of the critical footprint, from {replicates} paired bootstrap "
-            f"replicates over samples (seed {seed}; BCa); an end past the footprints tried is open (`<`, `>`). "
-            f"rank: the range of places (1 = the smallest footprint) a method is not separated from at "
-            f"{100 * level:g}% (pairwise), within its query mode. n: samples behind each point, over the "
-            "category's tasks.")
+    text = (
+        f"[brackets]: the {100 * level:g}% interval of the critical footprint, from {replicates} paired bootstrap "
+        f"replicates over samples (seed {seed}; BCa); an end past the footprints tried is open (`<`, `>`). "
+        f"rank: the range of places (1 = the smallest footprint) a method is not separated from at "
+        f"{100 * level:g}% (pairwise), within its query mode. n: samples behind each point, over the "
+        "category's tasks."
+    )
     if notes:
         text += " Without an interval or rank: " + "; ".join(notes)
     return text
@@ -96,8 +156,10 @@ def _wide(table: list[dict]) -> tuple[list[tuple[str, str]], dict]:
     """Method rows x category columns per (source, group), as the paper's Table 2. Columns are (category, query
     mode): with query-agnostic runs, a pair per category, the two modes side by side."""
     categories = list(dict.fromkeys(r["category"] for r in table))
-    columns = sorted({(r["category"], r["query"]) for r in table},  # categories in table order, aware first
-                     key=lambda c: (categories.index(c[0]), c[1] != "aware", c[1]))
+    columns = sorted(
+        {(r["category"], r["query"]) for r in table},  # categories in table order, aware first
+        key=lambda c: (categories.index(c[0]), c[1] != "aware", c[1]),
+    )
     grid: dict = {}
     for r in table:
         group = (r["source"], r["model"], r["context_length"], r["chunk_size"])
@@ -126,24 +188,35 @@ def _bytes(count: float) -> str:
 
 def to_markdown(table: list[dict], threshold: float, boards: list[GroupBoard] | None = None) -> str:
     columns, grid = _wide(table)
-    lines = [f"Critical KV footprint: the smallest KV footprint (% of full attention's) keeping "
-             f"{threshold:g} x full attention's score; `>`: even the largest footprint tried fell short, `<`: the "
-             "smallest passed.", ""]
+    lines = [
+        f"Critical KV footprint: the smallest KV footprint (% of full attention's) keeping "
+        f"{threshold:g} x full attention's score; `>`: even the largest footprint tried fell short, `<`: the "
+        "smallest passed.",
+        "",
+    ]
     note = statistics_note(boards or [])
     if note:
         lines += [note, ""]
     if any(query != "aware" for _, query in columns):
-        lines += ["(aware): the question prefilled with its context; (agnostic): the context prefilled and evicted "
-                  "before the question is known (query=agnostic).", ""]
+        lines += [
+            "(aware): the question prefilled with its context; (agnostic): the context prefilled and evicted "
+            "before the question is known (query=agnostic).",
+            "",
+        ]
     names = [_column_name(c, columns) for c in columns]
     for (source, model, context_length, chunk_size), methods in grid.items():
         measured = source == "measured"
         header = [h for name in names for h in ((name, "rank") if measured else (name,))]
-        cells_n = sorted({cells[c]["n"] for cells in methods.values() for c in columns if c in cells and
-                          cells[c]["n"] is not None})
+        cells_n = sorted(
+            {cells[c]["n"] for cells in methods.values() for c in columns if c in cells and cells[c]["n"] is not None}
+        )
         n = f", n = {'/'.join(map(str, cells_n))} samples per point" if measured and cells_n else ""
-        lines += [f"### {model}, context {context_length}, chunk {chunk_size} ({source}{n})", "",
-                  "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        lines += [
+            f"### {model}, context {context_length}, chunk {chunk_size} ({source}{n})",
+            "",
+            "| method | " + " | ".join(header) + " |",
+            "|---" * (len(header) + 1) + "|",
+        ]
         for method, cells in methods.items():
             name = f"{method} (reported)" if not measured else method
             values = []
@@ -155,10 +228,16 @@ def to_markdown(table: list[dict], threshold: float, boards: list[GroupBoard] | 
             lines.append(f"| {_md(name)} | " + " | ".join(values) + " |")
         lines.append("")
         if measured:
-            lines += ["Peak at the critical footprint: entries held at once (% of the tokens) / physical KV bytes.",
-                      "", "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-            lines += [f"| {_md(method)} | " + " | ".join(_peaks(cells.get(c)) for c in columns) + " |"
-                      for method, cells in methods.items()]
+            lines += [
+                "Peak at the critical footprint: entries held at once (% of the tokens) / physical KV bytes.",
+                "",
+                "| method | " + " | ".join(names) + " |",
+                "|---" * (len(names) + 1) + "|",
+            ]
+            lines += [
+                f"| {_md(method)} | " + " | ".join(_peaks(cells.get(c)) for c in columns) + " |"
+                for method, cells in methods.items()
+            ]
             lines.append("")
     return "\n".join(lines)
 
@@ -179,18 +258,47 @@ def to_json(table: list[dict], boards: list[GroupBoard], threshold: float) -> st
     def interval(i):
         return None if i is None else [i.open_low, i.open_high]
 
-    runs = [{"model": b.model, "context_length": b.context_length, "chunk_size": b.chunk_size,
-             "category": c, "baseline_score": cb.baseline, "method": p.method, "params": p.params,
-             "score": p.score, "footprint": p.footprint, "peak": p.peak, "peak_bytes": p.peak_bytes, "n": p.n,
-             "score_ci": interval(p.score_interval), "footprint_ci": interval(p.footprint_interval),
-             "files": list(p.files)}
-            for b in boards for c, cb in b.categories.items() for p in cb.points]
-    targets = [{"model": b.model, "context_length": b.context_length, "chunk_size": b.chunk_size, "category": c,
-                "target": cb.target, "target_ci": interval(cb.target_interval), "n": cb.n}
-               for b in boards for c, cb in b.categories.items()]
+    runs = [
+        {
+            "model": b.model,
+            "context_length": b.context_length,
+            "chunk_size": b.chunk_size,
+            "category": c,
+            "baseline_score": cb.baseline,
+            "method": p.method,
+            "params": p.params,
+            "score": p.score,
+            "footprint": p.footprint,
+            "peak": p.peak,
+            "peak_bytes": p.peak_bytes,
+            "n": p.n,
+            "score_ci": interval(p.score_interval),
+            "footprint_ci": interval(p.footprint_interval),
+            "files": list(p.files),
+        }
+        for b in boards
+        for c, cb in b.categories.items()
+        for p in cb.points
+    ]
+    targets = [
+        {
+            "model": b.model,
+            "context_length": b.context_length,
+            "chunk_size": b.chunk_size,
+            "category": c,
+            "target": cb.target,
+            "target_ci": interval(cb.target_interval),
+            "n": cb.n,
+        }
+        for b in boards
+        for c, cb in b.categories.items()
+    ]
     stats = next((b.statistics for b in boards if b.statistics), None)
-    return json.dumps({"threshold": threshold, "statistics": stats, "critical": table, "targets": targets,
-                       "runs": runs}, indent=1, default=str)
+    return json.dumps(
+        {"threshold": threshold, "statistics": stats, "critical": table, "targets": targets, "runs": runs},
+        indent=1,
+        default=str,
+    )
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -206,17 +314,25 @@ def styles(labels: list[str]) -> dict:
 
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     bases = list(dict.fromkeys(split_label(label)[0] for label in labels))
-    look = {base: dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
-                       color=colours[i % len(colours)], markersize=9 - 4 * i / max(len(bases) - 1, 1),
-                       markerfacecolor="none", markeredgewidth=1.5)
-            for i, base in enumerate(bases)}
+    look = {
+        base: dict(
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle=LINESTYLES[i % len(LINESTYLES)],
+            color=colours[i % len(colours)],
+            markersize=9 - 4 * i / max(len(bases) - 1, 1),
+            markerfacecolor="none",
+            markeredgewidth=1.5,
+        )
+        for i, base in enumerate(bases)
+    }
     out = {}
     for label in labels:
         base, query = split_label(label)
         out[label] = dict(look[base])
         if query == "agnostic":
-            out[label].update(linestyle=(0, (1, 1.5)), markerfacecolor=look[base]["color"],
-                              markersize=0.6 * look[base]["markersize"])
+            out[label].update(
+                linestyle=(0, (1, 1.5)), markerfacecolor=look[base]["color"], markersize=0.6 * look[base]["markersize"]
+            )
     return out
 
 
@@ -245,18 +361,28 @@ def figure(boards: list[GroupBoard], threshold: float):
         for method in methods:
             points = sorted((p for p in cb.points if p.method == method), key=lambda p: p.footprint)
             if points:
-                ax.plot([100 * p.footprint for p in points], [p.score for p in points], label=method,
-                        **style[method])
+                ax.plot([100 * p.footprint for p in points], [p.score for p in points], label=method, **style[method])
                 _error_bars(ax, [p for p in points if p.score_interval], style[method]["color"])
-        ax.axhline(cb.target, color="grey", linestyle=(0, (5, 5)), linewidth=1,
-                   label=f"{threshold:g} x full = {cb.target:.3g}")
+        ax.axhline(
+            cb.target, color="grey", linestyle=(0, (5, 5)), linewidth=1, label=f"{threshold:g} x full = {cb.target:.3g}"
+        )
         if cb.target_interval is not None:
             ax.axhspan(cb.target_interval.low, cb.target_interval.high, color="grey", alpha=0.15, linewidth=0)
-        ax.annotate(f"{threshold:g} x full = {cb.target:.3g}", (1, cb.target), xycoords=("axes fraction", "data"),
-                    ha="right", va="bottom", fontsize="x-small", color="grey")
+        ax.annotate(
+            f"{threshold:g} x full = {cb.target:.3g}",
+            (1, cb.target),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize="x-small",
+            color="grey",
+        )
         _criticals(ax, cb, style)
-        ax.set(title=f"{cb.category} — {board.model.rsplit('/', 1)[-1]}, chunk {board.chunk_size}",
-               xlabel="KV footprint (% of full)", ylabel="score")
+        ax.set(
+            title=f"{cb.category} — {board.model.rsplit('/', 1)[-1]}, chunk {board.chunk_size}",
+            xlabel="KV footprint (% of full)",
+            ylabel="score",
+        )
     handles = [plt.Line2D([], [], label=m, **style[m]) for m in methods]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 4), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(methods) - 1) // 4), 1, 1))
@@ -269,11 +395,23 @@ def _error_bars(ax, points, color) -> None:
     xs, ys = [100 * p.footprint for p in points], [p.score for p in points]
     # A percentile interval need not contain the point (and its per-sample values are rounded to a millionth):
     # a bar never reaches back past its point.
-    ax.errorbar(xs, ys, fmt="none", ecolor=color, elinewidth=0.8, capsize=2, alpha=0.6,
-                yerr=[[max(p.score - p.score_interval.low, 0) for p in points],
-                      [max(p.score_interval.high - p.score, 0) for p in points]],
-                xerr=[[max(100 * (p.footprint - p.footprint_interval.low), 0) for p in points],
-                      [max(100 * (p.footprint_interval.high - p.footprint), 0) for p in points]])
+    ax.errorbar(
+        xs,
+        ys,
+        fmt="none",
+        ecolor=color,
+        elinewidth=0.8,
+        capsize=2,
+        alpha=0.6,
+        yerr=[
+            [max(p.score - p.score_interval.low, 0) for p in points],
+            [max(p.score_interval.high - p.score, 0) for p in points],
+        ],
+        xerr=[
+            [max(100 * (p.footprint - p.footprint_interval.low), 0) for p in points],
+            [max(100 * (p.footprint_interval.high - p.footprint), 0) for p in points],
+        ],
+    )
 
 
 def _criticals(ax, cb, style) -> None:
@@ -288,14 +426,29 @@ def _criticals(ax, cb, style) -> None:
         low = min(tried) if np.isinf(interval.low) else 100 * interval.low
         high = max(tried) if np.isinf(interval.high) else 100 * interval.high
         look = {k: v for k, v in style[label].items() if k in ("color", "marker", "markerfacecolor", "markeredgewidth")}
-        ax.plot([low, high], [y, y], transform=foot, color=look["color"], linewidth=2.5, alpha=0.5,
-                solid_capstyle="butt", label="_interval")
+        ax.plot(
+            [low, high],
+            [y, y],
+            transform=foot,
+            color=look["color"],
+            linewidth=2.5,
+            alpha=0.5,
+            solid_capstyle="butt",
+            label="_interval",
+        )
         for end, value, arrow in ((interval.low, low, "<"), (interval.high, high, ">")):
             if np.isinf(end):  # an open end: it goes on past the footprint tried
-                ax.plot([value], [y], transform=foot, color=look["color"], marker=f"${arrow}$", markersize=6,
-                        linestyle="none", label="_open")
-        ax.plot([100 * critical.value], [y], transform=foot, linestyle="none", markersize=6, label="_critical",
-                **look)
+                ax.plot(
+                    [value],
+                    [y],
+                    transform=foot,
+                    color=look["color"],
+                    marker=f"${arrow}$",
+                    markersize=6,
+                    linestyle="none",
+                    label="_open",
+                )
+        ax.plot([100 * critical.value], [y], transform=foot, linestyle="none", markersize=6, label="_critical", **look)
 
 
 def plot(boards: list[GroupBoard], path_or_buffer, threshold: float) -> None:
@@ -316,12 +469,21 @@ HTML_COLUMNS = (  # (header, how a row shows it, what it sorts by)
     ("critical KV footprint [interval]", cell_text, lambda r: r["critical_footprint"]),
     ("rank", lambda r: r["rank"], lambda r: None if r["rank_low"] is None else r["rank_low"] + r["rank_high"] / 1000),
     ("n", lambda r: r["n"], lambda r: r["n"]),
-    ("peak held at critical", lambda r: None if r["peak_at_critical"] is None else f"{100 * r['peak_at_critical']:.0f}%",
-     lambda r: r["peak_at_critical"]),
-    ("peak KV memory at critical", lambda r: None if r["peak_bytes_at_critical"] is None else
-     _bytes(r["peak_bytes_at_critical"]), lambda r: r["peak_bytes_at_critical"]),
-    ("full's score", lambda r: None if r["baseline_score"] is None else f"{r['baseline_score']:.3g}",
-     lambda r: r["baseline_score"]),
+    (
+        "peak held at critical",
+        lambda r: None if r["peak_at_critical"] is None else f"{100 * r['peak_at_critical']:.0f}%",
+        lambda r: r["peak_at_critical"],
+    ),
+    (
+        "peak KV memory at critical",
+        lambda r: None if r["peak_bytes_at_critical"] is None else _bytes(r["peak_bytes_at_critical"]),
+        lambda r: r["peak_bytes_at_critical"],
+    ),
+    (
+        "full's score",
+        lambda r: None if r["baseline_score"] is None else f"{r['baseline_score']:.3g}",
+        lambda r: r["baseline_score"],
+    ),
     ("source", lambda r: r["source"], lambda r: r["source"]),
 )
 
@@ -335,8 +497,10 @@ def to_html(table: list[dict], boards: list[GroupBoard], threshold: float) -> st
         cells = []
         for _, show, key in HTML_COLUMNS:
             text, sort = show(r), key(r)
-            cells.append(f'<td data-sort="{"" if sort is None else html.escape(str(sort), quote=True)}">'
-                         f'{"—" if text is None else html.escape(str(text))}</td>')
+            cells.append(
+                f'<td data-sort="{"" if sort is None else html.escape(str(sort), quote=True)}">'
+                f"{'—' if text is None else html.escape(str(text))}</td>"
+            )
         css = ' class="reported"' if r["source"] != "measured" else ""
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
     image = ""

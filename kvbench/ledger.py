@@ -45,14 +45,27 @@ class Trace:
 
     @staticmethod
     def _merge(a: dict, b: dict) -> dict:
-        return {"tokens": b["tokens"], "new": a["new"] + b["new"], "active": a["active"] + b["active"],
-                "held_peak": max(a["held_peak"], b["held_peak"]), "held": b["held"],
-                "bytes_peak": max(a["bytes_peak"], b["bytes_peak"]), "bytes": b["bytes"]}
+        return {
+            "tokens": b["tokens"],
+            "new": a["new"] + b["new"],
+            "active": a["active"] + b["active"],
+            "held_peak": max(a["held_peak"], b["held_peak"]),
+            "held": b["held"],
+            "bytes_peak": max(a["bytes_peak"], b["bytes_peak"]),
+            "bytes": b["bytes"],
+        }
 
     def add(self, new: int, active: float, held_peak: float, held: float, bytes_peak: int, bytes_now: int) -> None:
         self.tokens += new
-        point = {"tokens": self.tokens, "new": new, "active": active, "held_peak": held_peak, "held": held,
-                 "bytes_peak": bytes_peak, "bytes": bytes_now}
+        point = {
+            "tokens": self.tokens,
+            "new": new,
+            "active": active,
+            "held_peak": held_peak,
+            "held": held,
+            "bytes_peak": bytes_peak,
+            "bytes": bytes_now,
+        }
         self._pending = point if self._pending is None else self._merge(self._pending, point)
         self._pending_steps += 1
         if self._pending_steps < self.stride:
@@ -117,8 +130,14 @@ class Ledger:
         self._step_held = 0.0
         if self.trace is not None:
             step = self._step
-            self.trace.add(step["new"], step["active"] / self.num_heads_total, held_peak,
-                           step["weight"] * self.entries_now / self.num_heads_total, step["bytes_peak"], self.bytes_now)
+            self.trace.add(
+                step["new"],
+                step["active"] / self.num_heads_total,
+                held_peak,
+                step["weight"] * self.entries_now / self.num_heads_total,
+                step["bytes_peak"],
+                self.bytes_now,
+            )
             self._step = {"new": 0, "active": 0.0, "weight": 1.0, "bytes_peak": self.bytes_now}
 
     def record_memory(self, delta_bytes: int, delta_entries: int) -> None:

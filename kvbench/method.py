@@ -91,8 +91,10 @@ class KeepView:
                 merged[-1][1] = max(merged[-1][1], r.stop)
             else:
                 merged.append([r.start, r.stop])
-        index = torch.cat([torch.arange(start, stop, device=self.positions.device) for start, stop in merged]
-                          or [torch.zeros(0, dtype=torch.long, device=self.positions.device)])
+        index = torch.cat(
+            [torch.arange(start, stop, device=self.positions.device) for start, stop in merged]
+            or [torch.zeros(0, dtype=torch.long, device=self.positions.device)]
+        )
         return index.expand(len(self.heads), -1)
 
     def attention_scores(self, last: int | None = None, block: int | None = None, since: int = 0) -> torch.Tensor:
@@ -131,7 +133,9 @@ class KeepView:
         chosen = pool.topk(k, dim=-1).indices + start
         heads = len(self.heads)
         device = scores.device
-        always = torch.cat([torch.arange(0, start, device=device), torch.arange(recent_start, self.num_held, device=device)])
+        always = torch.cat(
+            [torch.arange(0, start, device=device), torch.arange(recent_start, self.num_held, device=device)]
+        )
         index = torch.cat([always.expand(heads, -1), chosen], dim=-1)
         return index.sort(dim=-1).values
 
@@ -245,9 +249,12 @@ class ScoreMethod(Method):
             )
         if self.budget is not None:
             require(
-                isinstance(self.budget, int) and self.budget >= 1, f"budget must be an integer >= 1; got {self.budget!r}"
+                isinstance(self.budget, int) and self.budget >= 1,
+                f"budget must be an integer >= 1; got {self.budget!r}",
             )
-        require(isinstance(self.recent, int) and self.recent >= 0, f"recent must be an integer >= 0; got {self.recent!r}")
+        require(
+            isinstance(self.recent, int) and self.recent >= 0, f"recent must be an integer >= 0; got {self.recent!r}"
+        )
         require(
             isinstance(self.obs_window, int) and self.obs_window >= 1,
             f"obs_window must be an integer >= 1; got {self.obs_window!r}",
@@ -284,9 +291,11 @@ class ScoreMethod(Method):
         scores = self.score(view)
         expected = (len(view.heads), view.num_held)
         if tuple(scores.shape) != expected:  # a misaligned score would keep the wrong entries, silently
-            raise ValueError(f"method {self.name!r}: score() must return one score per KV head and held entry, "
-                             f"[heads, held] = {list(expected)} (a patched schedule's scoring tail included); "
-                             f"got {list(scores.shape)}")
+            raise ValueError(
+                f"method {self.name!r}: score() must return one score per KV head and held entry, "
+                f"[heads, held] = {list(expected)} (a patched schedule's scoring tail included); "
+                f"got {list(scores.shape)}"
+            )
         return view.top_k(scores, k, candidates, recent=self.recent)
 
     def evicts_at(self, view: KeepView) -> bool:

@@ -56,8 +56,9 @@ def plugin_manager() -> pluggy.PluginManager:
             plugin = entry_point.load()
             manager.register(plugin, name=source)
         except Exception as error:  # a broken plugin must not take the others down
-            warnings.warn(f"kvbench plugin {source} failed to load: {type(error).__name__}: {error}", PluginWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"kvbench plugin {source} failed to load: {type(error).__name__}: {error}", PluginWarning, stacklevel=2
+            )
     return manager
 
 
@@ -84,8 +85,11 @@ def build_registry(manager: pluggy.PluginManager) -> dict[str, MethodEntry]:
             problems = contract_problems(method_class)
             if problems:
                 label = getattr(method_class, "__qualname__", repr(method_class))
-                warnings.warn(f"kvbench plugin {source}: method {label} refused: {'; '.join(problems)}", PluginWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"kvbench plugin {source}: method {label} refused: {'; '.join(problems)}",
+                    PluginWarning,
+                    stacklevel=2,
+                )
                 continue
             name = method_class.name
             if name in entries:
@@ -167,9 +171,7 @@ def _convert(method: str, key: str, value, hint):
         if target in (int, float):
             return target(value)
     except ValueError:
-        raise ValueError(
-            f"parameter {key!r} of method {method!r} must be {target.__name__}; got {value!r}"
-        ) from None
+        raise ValueError(f"parameter {key!r} of method {method!r} must be {target.__name__}; got {value!r}") from None
     return value
 
 

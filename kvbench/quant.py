@@ -49,7 +49,9 @@ class QuantizedStore:
         self.bits, self.dtype, self.head_dim = bits, tensor.dtype, tensor.shape[-1]
         self.group = min(GROUP_SIZE, self.head_dim)
         if self.head_dim % self.group or (bits == 4 and self.head_dim % 2):
-            raise ValueError(f"kv_bits={bits} needs a head_dim divisible by {self.group} (and even); got {self.head_dim}")
+            raise ValueError(
+                f"kv_bits={bits} needs a head_dim divisible by {self.group} (and even); got {self.head_dim}"
+            )
         self.codes, self.scale, self.low = self._quantize(tensor)
 
     def _quantize(self, x: torch.Tensor):

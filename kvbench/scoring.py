@@ -26,8 +26,14 @@ BASELINE = "full"
 AGNOSTIC = " [query-agnostic]"  # ends the curve label of a setting run query-agnostic (query=agnostic)
 # What guessing scores on kvbench's tasks where it is above 0 (ICL: one label in n); a baseline no better than
 # this is refused. Other tasks: 0 (a baseline of 0 is refused everywhere).
-CHANCE = {"kvbench_icl_trec_coarse": 1 / 6, "kvbench_icl_trec_fine": 1 / 50, "kvbench_icl_banking77": 1 / 77,
-          "kvbench_icl_clinc150": 1 / 151, "kvbench_icl_nlu": 1 / 68, "kvbench_synth_icl": 1 / 6}
+CHANCE = {
+    "kvbench_icl_trec_coarse": 1 / 6,
+    "kvbench_icl_trec_fine": 1 / 50,
+    "kvbench_icl_banking77": 1 / 77,
+    "kvbench_icl_clinc150": 1 / 151,
+    "kvbench_icl_nlu": 1 / 68,
+    "kvbench_synth_icl": 1 / 6,
+}
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_CONTEXT_LENGTH = 131072  # for results that say nothing of their length (lm-eval's own tasks)
 # Keys of an lm-eval task result that are not scores.
@@ -161,8 +167,9 @@ def load_runs(paths, categories: dict[str, str] | None = None) -> list[Run]:
             runs.append(read_run(path, categories or {}))
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:
             detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
-            warnings.warn(f"{path}: left out, not a usable kvbench result file ({detail})", ResultFileWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"{path}: left out, not a usable kvbench result file ({detail})", ResultFileWarning, stacklevel=2
+            )
     return runs
 
 
@@ -175,8 +182,15 @@ def read_run(path, categories: dict[str, str]) -> Run:
         raise ValueError("no config.kvbench: not run with `--model kvbench`, so no footprint")
     method = str(kv["method"])
     knob = data["config"].get("kvbench_sweep", {}).get("knob")
-    run = Run(str(path), str(kv["model"]), method, _with_defaults(method, dict(kv.get("method_params", {}))),
-              int(kv["chunk_size"]), knob, str(kv.get("query", "aware")))
+    run = Run(
+        str(path),
+        str(kv["model"]),
+        method,
+        _with_defaults(method, dict(kv.get("method_params", {}))),
+        int(kv["chunk_size"]),
+        knob,
+        str(kv.get("query", "aware")),
+    )
     configs = data.get("configs", {})
     sources = kv.get("data", {})  # the length the task ran at, also when it followed the model's (no --metadata)
     for task, footprint in kv["tasks"].items():
@@ -185,19 +199,37 @@ def read_run(path, categories: dict[str, str]) -> Run:
         metadata = configs.get(task, {}).get("metadata") or {}
         category = categories.get(task) or metadata.get("category")
         if not category:
-            warnings.warn(f"{path}: task {task!r} has no category (give one with --category {task}=CATEGORY); "
-                          "left out", ResultFileWarning, stacklevel=3)
+            warnings.warn(
+                f"{path}: task {task!r} has no category (give one with --category {task}=CATEGORY); left out",
+                ResultFileWarning,
+                stacklevel=3,
+            )
             continue
         key, score = main_score(data["results"][task], task)
         samples, why = read_task_samples(Path(path), task, key, score)
-        n = len(samples.doc_ids) if samples else int((data.get("n-samples", {}).get(task) or {}).get("effective") or
-                                                     footprint.get("requests") or 0)
-        run.tasks.append(TaskResult(
-            task, str(category),
-            int(metadata.get("context_length") or sources.get(task, {}).get("context_length") or DEFAULT_CONTEXT_LENGTH),
-            score, float(footprint["kv_footprint"]), float(footprint["kv_peak"]), float(footprint["kv_peak_bytes"]),
-            n, samples, why,
-        ))
+        n = (
+            len(samples.doc_ids)
+            if samples
+            else int((data.get("n-samples", {}).get(task) or {}).get("effective") or footprint.get("requests") or 0)
+        )
+        run.tasks.append(
+            TaskResult(
+                task,
+                str(category),
+                int(
+                    metadata.get("context_length")
+                    or sources.get(task, {}).get("context_length")
+                    or DEFAULT_CONTEXT_LENGTH
+                ),
+                score,
+                float(footprint["kv_footprint"]),
+                float(footprint["kv_peak"]),
+                float(footprint["kv_peak_bytes"]),
+                n,
+                samples,
+                why,
+            )
+        )
     if not run.tasks:
         raise ValueError("no task with a category")
     return run
@@ -206,8 +238,11 @@ def read_run(path, categories: dict[str, str]) -> Run:
 def main_score(metrics: dict, task: str) -> tuple[str, float]:
     """(lm-eval's key, value) of the task's score: kvbench tasks report `score` (their main metric under one name);
     elsewhere, the first metric listed."""
-    scores = {key: value for key, value in metrics.items()
-              if "_stderr" not in key and key.split(",")[0] not in NOT_SCORES and isinstance(value, (int, float))}
+    scores = {
+        key: value
+        for key, value in metrics.items()
+        if "_stderr" not in key and key.split(",")[0] not in NOT_SCORES and isinstance(value, (int, float))
+    }
     for key, value in scores.items():
         if key.split(",")[0] == "score":
             return key, float(value)
@@ -221,8 +256,10 @@ def read_task_samples(results_path: Path, task: str, key: str, score: float) -> 
     """The task's per-sample results beside its results file, or None and why not (in one line)."""
     path = samples_path(results_path, task)
     if not path.is_file():
-        return None, (f"{results_path}: no per-sample file {path.name} for task {task!r} (made by a kvbench older "
-                      "than per-sample results, or not by kvbench; re-run it, or add --log_samples)")
+        return None, (
+            f"{results_path}: no per-sample file {path.name} for task {task!r} (made by a kvbench older "
+            "than per-sample results, or not by kvbench; re-run it, or add --log_samples)"
+        )
     metric, _, filter_name = key.partition(",")
     rows = [row for row in read_samples(path) if row.get("filter", "none") == (filter_name or "none")]
     if not rows or any(metric not in row for row in rows):
@@ -233,8 +270,10 @@ def read_task_samples(results_path: Path, task: str, key: str, score: float) -> 
     order = np.argsort(doc_ids)
     scores = np.array([float(rows[i][metric]) for i in order])
     if not np.isclose(scores.mean(), score, rtol=0, atol=1e-9 * max(1.0, abs(score))):
-        return None, (f"{path}: the task's {metric} ({score:.6g}) is not the mean of its per-sample values "
-                      f"({scores.mean():.6g}): an aggregation other than the mean, which the bootstrap does not redo")
+        return None, (
+            f"{path}: the task's {metric} ({score:.6g}) is not the mean of its per-sample values "
+            f"({scores.mean():.6g}): an aggregation other than the mean, which the bootstrap does not redo"
+        )
     footprints = None
     if all("kv_footprint" in row for row in rows):
         footprints = np.array([float(rows[i]["kv_footprint"]) for i in order])
@@ -245,8 +284,9 @@ def read_task_samples(results_path: Path, task: str, key: str, score: float) -> 
 # ---- the critical footprint ----
 
 
-def critical_footprint(points: list[tuple[float, float]], target: float,
-                       peaks: list[tuple[float, float]] | None = None) -> Critical:
+def critical_footprint(
+    points: list[tuple[float, float]], target: float, peaks: list[tuple[float, float]] | None = None
+) -> Critical:
     """The smallest footprint x such that the piecewise-linear curve through (footprint, score), sorted by
     footprint, stays >= target from x up to the largest footprint.
 
@@ -317,8 +357,9 @@ def curve_labels(runs: list[Run]) -> dict[SettingKey, str]:
             knobs[key].update([run.knob] if run.knob else [])
     labels = {base: BASELINE, baseline_key("agnostic"): BASELINE}
     for method, params in settings.items():
-        varying = sorted({k for p in params.values() for k in p
-                          if len({repr(other.get(k)) for other in params.values()}) > 1})
+        varying = sorted(
+            {k for p in params.values() for k in p if len({repr(other.get(k)) for other in params.values()}) > 1}
+        )
         fallback = varying[0] if len(varying) == 1 else _registered_knob(method)
         knob_of = {key: next(iter(knobs[key])) if len(knobs[key]) == 1 else fallback for key in params}
         named_knob = len(set(knob_of.values())) > 1
@@ -360,8 +401,13 @@ def _with_defaults(method: str, params: dict) -> dict:
     return {**defaults, **params}
 
 
-def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, level: float = statistics.DEFAULT_LEVEL,
-               replicates: int = statistics.DEFAULT_REPLICATES, seed: int = statistics.DEFAULT_SEED) -> list[GroupBoard]:
+def score_runs(
+    runs: list[Run],
+    threshold: float = DEFAULT_THRESHOLD,
+    level: float = statistics.DEFAULT_LEVEL,
+    replicates: int = statistics.DEFAULT_REPLICATES,
+    seed: int = statistics.DEFAULT_SEED,
+) -> list[GroupBoard]:
     """Group task results by (model, context length, chunk size); per category, make each setting's point from
     its tasks, score it against `full`'s, and find each curve's critical footprint; then, from `replicates`
     paired bootstrap replicates of the per-sample results (none: 0), each critical footprint's `level` interval,
@@ -371,7 +417,9 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, level: flo
     if not 0 < level < 1:
         raise ValueError(f"the interval's level (--ci) must be in (0, 1), e.g. 0.95; got {level}")
     if not isinstance(replicates, int) or replicates < 0:
-        raise ValueError(f"the number of bootstrap replicates (--bootstrap) must be an integer >= 0; got {replicates!r}")
+        raise ValueError(
+            f"the number of bootstrap replicates (--bootstrap) must be an integer >= 0; got {replicates!r}"
+        )
     labels = curve_labels(runs)
     base = baseline_key()
     # (model, context length, chunk size) -> category -> setting -> task -> [(result, file)]
@@ -382,11 +430,19 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, level: flo
         params_of[key] = run.params
         for task in run.tasks:
             grouped[(run.model, task.context_length, run.chunk_size)][task.category][key][task.task].append(
-                (task, run.path))
+                (task, run.path)
+            )
     boards = []
-    for (model, context_length, chunk_size), categories in sorted(grouped.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        board = GroupBoard(model, context_length, chunk_size, {},
-                           {"level": level, "replicates": replicates, "seed": seed} if replicates else None)
+    for (model, context_length, chunk_size), categories in sorted(
+        grouped.items(), key=lambda kv: tuple(map(str, kv[0]))
+    ):
+        board = GroupBoard(
+            model,
+            context_length,
+            chunk_size,
+            {},
+            {"level": level, "replicates": replicates, "seed": seed} if replicates else None,
+        )
         for category, settings in sorted(categories.items()):
             where = f"{board.name}, category {category!r}"
             if base not in settings and baseline_key("agnostic") in settings:
@@ -394,29 +450,37 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, level: flo
                 params_of[base] = params_of[baseline_key("agnostic")]
             settings.pop(baseline_key("agnostic"), None)  # with both, the query-aware run is the baseline
             if base not in settings:
-                raise ValueError(f"no baseline: group {board.name} has no run of method '{BASELINE}' at its default "
-                                 f"parameters for category {category!r} (run `full` with the same model, context "
-                                 "length and chunk size)")
+                raise ValueError(
+                    f"no baseline: group {board.name} has no run of method '{BASELINE}' at its default "
+                    f"parameters for category {category!r} (run `full` with the same model, context "
+                    "length and chunk size)"
+                )
             tasks = sorted(settings[base])
             points = {}
             for key, per_task in settings.items():
                 missing = [t for t in tasks if t not in per_task]
                 if missing:
-                    _warn(f"{where}: setting {_describe(key)} lacks task(s) {', '.join(missing)} that the baseline "
-                          "ran; left out of this category")
+                    _warn(
+                        f"{where}: setting {_describe(key)} lacks task(s) {', '.join(missing)} that the baseline "
+                        "ran; left out of this category"
+                    )
                     continue
                 extra = sorted(set(per_task) - set(tasks))
                 if extra:
-                    _warn(f"{where}: task(s) {', '.join(extra)} of setting {_describe(key)} have no baseline run; "
-                          "not counted")
+                    _warn(
+                        f"{where}: task(s) {', '.join(extra)} of setting {_describe(key)} have no baseline run; "
+                        "not counted"
+                    )
                 points[key] = _point(labels[key], params_of[key], [per_task[t] for t in tasks], where)
             base_point = points.pop(base)
             baseline = base_point.score
             chance = sum(CHANCE.get(task, 0.0) for task in tasks) / len(tasks)
             if baseline <= chance:
-                _warn(f"{where}: full attention scores {baseline:.3g}, no better than chance ({chance:.3g}): the model "
-                      "cannot do these tasks, so no footprint can keep its score; category left out (is this the "
-                      "model and data you meant?)")
+                _warn(
+                    f"{where}: full attention scores {baseline:.3g}, no better than chance ({chance:.3g}): the model "
+                    "cannot do these tasks, so no footprint can keep its score; category left out (is this the "
+                    "model and data you meant?)"
+                )
                 continue
             target = threshold * baseline
             others = sorted(points.values(), key=lambda p: (p.method, p.footprint))
@@ -424,16 +488,25 @@ def score_runs(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, level: flo
             for p in others:
                 curves[p.method].append(p)
             critical = {
-                label: critical_footprint([(p.footprint, p.score) for p in ps], target,
-                                          [(p.peak, p.peak_bytes) for p in ps])
+                label: critical_footprint(
+                    [(p.footprint, p.score) for p in ps], target, [(p.peak, p.peak_bytes) for p in ps]
+                )
                 for label, ps in curves.items()
             }
             cb = CategoryBoard(category, baseline, target, others, critical, n=base_point.n)
             if replicates:
                 keys = {key: point for key, point in points.items()}
                 samples = {key: [settings[key][t] for t in tasks] for key in [base, *keys]}
-                _bootstrap(cb, base, keys, samples, threshold, level, replicates,
-                           statistics.category_seed(seed, model, context_length, chunk_size, category))
+                _bootstrap(
+                    cb,
+                    base,
+                    keys,
+                    samples,
+                    threshold,
+                    level,
+                    replicates,
+                    statistics.category_seed(seed, model, context_length, chunk_size, category),
+                )
                 for note in cb.notes:
                     _warn(f"{where}: {note}")
             board.categories[category] = cb
@@ -451,16 +524,30 @@ def _task_samples(results: list[tuple[TaskResult, str]]) -> tuple[Samples | None
         return None, f"task {results[0][0].task!r} is in several files with different documents"
 
     def footprints(result: TaskResult) -> np.ndarray:  # the task's footprint stands for samples that carry none
-        return result.samples.footprints if result.samples.footprints is not None else np.full(
-            len(result.samples.doc_ids), result.footprint)
+        return (
+            result.samples.footprints
+            if result.samples.footprints is not None
+            else np.full(len(result.samples.doc_ids), result.footprint)
+        )
 
-    return Samples(first.doc_ids, first.units, np.mean([r.samples.scores for r, _ in results], axis=0),
-                   np.mean([footprints(r) for r, _ in results], axis=0)), None
+    return Samples(
+        first.doc_ids,
+        first.units,
+        np.mean([r.samples.scores for r, _ in results], axis=0),
+        np.mean([footprints(r) for r, _ in results], axis=0),
+    ), None
 
 
-def _bootstrap(cb: CategoryBoard, base: SettingKey, points: dict[SettingKey, Point],
-               per_task: dict[SettingKey, list[list[tuple[TaskResult, str]]]], threshold: float, level: float,
-               replicates: int, seed: np.random.SeedSequence) -> None:
+def _bootstrap(
+    cb: CategoryBoard,
+    base: SettingKey,
+    points: dict[SettingKey, Point],
+    per_task: dict[SettingKey, list[list[tuple[TaskResult, str]]]],
+    threshold: float,
+    level: float,
+    replicates: int,
+    seed: np.random.SeedSequence,
+) -> None:
     """Fill `cb`'s intervals, pairwise probabilities and rank ranges from paired bootstrap replicates.
 
     Every setting is resampled with the same units, the baseline's: a curve gets an interval when each of its
@@ -471,19 +558,27 @@ def _bootstrap(cb: CategoryBoard, base: SettingKey, points: dict[SettingKey, Poi
         tasks = [_task_samples(r) for r in results]
         samples[key] = None if any(s is None for s, _ in tasks) else [s for s, _ in tasks]
         if samples[key] is None and key == base:
-            cb.notes.append("no intervals or ranks: the baseline (full) has no usable per-sample results: "
-                            + next(why for s, why in tasks if s is None))
+            cb.notes.append(
+                "no intervals or ranks: the baseline (full) has no usable per-sample results: "
+                + next(why for s, why in tasks if s is None)
+            )
             cb.rank = dict.fromkeys(cb.critical)
             return
     baseline = samples[base]
     curves: dict[str, list[list[SettingKey]]] = defaultdict(list)  # label -> columns, each its tied settings
     for label in cb.critical:
         keys = [key for key, point in points.items() if point.method == label]
-        unusable = [key for key in keys if samples[key] is None or any(
-            not np.array_equal(mine.doc_ids, theirs.doc_ids) for mine, theirs in zip(samples[key], baseline))]
+        unusable = [
+            key
+            for key in keys
+            if samples[key] is None
+            or any(not np.array_equal(mine.doc_ids, theirs.doc_ids) for mine, theirs in zip(samples[key], baseline))
+        ]
         if unusable:
-            why = next((r.no_samples for key in unusable for rs in per_task[key] for r, _ in rs if r.no_samples),
-                       "its samples are not the baseline's documents (another num_samples or seed?)")
+            why = next(
+                (r.no_samples for key in unusable for rs in per_task[key] for r, _ in rs if r.no_samples),
+                "its samples are not the baseline's documents (another num_samples or seed?)",
+            )
             cb.notes.append(f"{label}: no interval or rank ({why})")
             continue
         by_footprint = defaultdict(list)
@@ -494,10 +589,14 @@ def _bootstrap(cb: CategoryBoard, base: SettingKey, points: dict[SettingKey, Poi
     tasks = []
     for index, base_task in enumerate(baseline):
         codes = np.unique(base_task.units, return_inverse=True)[1]
-        tasks.append(statistics.TaskSamples(
-            codes, int(codes.max()) + 1,
-            np.array([np.mean([samples[k][index].scores for k in column], axis=0) for column in columns]),
-            np.array([np.mean([samples[k][index].footprints for k in column], axis=0) for column in columns])))
+        tasks.append(
+            statistics.TaskSamples(
+                codes,
+                int(codes.max()) + 1,
+                np.array([np.mean([samples[k][index].scores for k in column], axis=0) for column in columns]),
+                np.array([np.mean([samples[k][index].footprints for k in column], axis=0) for column in columns]),
+            )
+        )
     where, start = {}, 1
     for label, groups in curves.items():
         where[label] = list(range(start, start + len(groups)))
@@ -507,14 +606,23 @@ def _bootstrap(cb: CategoryBoard, base: SettingKey, points: dict[SettingKey, Poi
     cb.interval.update(found.critical)
     for column, keys in enumerate(columns[1:], start=1):
         for key in keys:
-            points[key] = dataclasses.replace(points[key], score_interval=found.score[column],
-                                              footprint_interval=found.footprint[column])
+            points[key] = dataclasses.replace(
+                points[key], score_interval=found.score[column], footprint_interval=found.footprint[column]
+            )
     cb.points[:] = sorted(points.values(), key=lambda p: (p.method, p.footprint))
     for query in {split_label(label)[1] for label in cb.critical}:
         mine = [label for label in cb.critical if split_label(label)[1] == query]
         replicated = [label for label in mine if label in found.crossings]
-        cb.ahead.update({a: {b: statistics.ahead_probability(found.crossings[a], found.crossings[b])
-                             for b in replicated if b != a} for a in replicated})
+        cb.ahead.update(
+            {
+                a: {
+                    b: statistics.ahead_probability(found.crossings[a], found.crossings[b])
+                    for b in replicated
+                    if b != a
+                }
+                for a in replicated
+            }
+        )
         ranks = statistics.rank_ranges({a: cb.ahead.get(a, {}) for a in mine}, level)
         cb.rank.update({label: ranks[label] if label in found.crossings else None for label in mine})
 
@@ -524,10 +632,16 @@ def _point(label: str, params: dict, per_task: list[list[tuple[TaskResult, str]]
     task_means = []
     for results in per_task:
         if len(results) > 1:
-            _warn(f"{where}: task {results[0][0].task!r} of one setting is in {len(results)} files "
-                  f"({', '.join(path for _, path in results)}); using their mean")
-        task_means.append({name: sum(getattr(r, name) for r, _ in results) / len(results)
-                           for name in ("score", "footprint", "peak", "peak_bytes")})
+            _warn(
+                f"{where}: task {results[0][0].task!r} of one setting is in {len(results)} files "
+                f"({', '.join(path for _, path in results)}); using their mean"
+            )
+        task_means.append(
+            {
+                name: sum(getattr(r, name) for r, _ in results) / len(results)
+                for name in ("score", "footprint", "peak", "peak_bytes")
+            }
+        )
     mean = {name: sum(t[name] for t in task_means) / len(task_means) for name in task_means[0]}
     files = tuple(sorted({path for results in per_task for _, path in results}))
     n = sum(results[0][0].n for results in per_task)

@@ -118,8 +118,10 @@ def jackknife_means(tasks: list[TaskSamples]):
     rows_scores, rows_footprints, strata = [], [], []
     for index, task in enumerate(tasks):
         per_unit = np.bincount(task.units, minlength=task.num_units).astype(float)  # documents per unit
-        for values, full, out in ((task.scores, full_scores, rows_scores),
-                                  (task.footprints, full_footprints, rows_footprints)):
+        for values, full, out in (
+            (task.scores, full_scores, rows_scores),
+            (task.footprints, full_footprints, rows_footprints),
+        ):
             unit_sums = np.stack([np.bincount(task.units, weights=row, minlength=task.num_units) for row in values])
             left_out = (values.sum(axis=1, keepdims=True) - unit_sums) / (len(task.units) - per_unit)  # [S, U]
             out.append(full + (left_out.T - values.mean(axis=1)) / len(tasks))
@@ -164,8 +166,9 @@ class Interval:
         return None if np.isinf(self.high) else self.high
 
     def text(self, smallest: float, largest: float, scale: float = 100, digits: int = 0) -> str:
-        """"38–51", "<31–40", "66–>72"; one figure when both ends agree ("<31", ">72"). `smallest`/`largest`: the
+        """ "38–51", "<31–40", "66–>72"; one figure when both ends agree ("<31", ">72"). `smallest`/`largest`: the
         footprints tried, which an open end names."""
+
         def end(value: float) -> str:
             if np.isneginf(value):
                 return f"<{scale * smallest:.{digits}f}"
@@ -187,8 +190,9 @@ def percentile_interval(values: np.ndarray, level: float) -> Interval:
     return Interval(float(low), float(high), level)
 
 
-def bca_interval(replicates: np.ndarray, estimate: float, jackknife: np.ndarray, strata: np.ndarray,
-                 level: float) -> Interval:
+def bca_interval(
+    replicates: np.ndarray, estimate: float, jackknife: np.ndarray, strata: np.ndarray, level: float
+) -> Interval:
     """Efron's bias-corrected and accelerated interval: the percentile interval with its ends moved by the share of
     replicates below the estimate (bias) and by the skew of the jackknife values (acceleration, from each task's
     own units, as for a stratified sample). The critical footprint is a crossing of estimated curves, whose
@@ -262,8 +266,14 @@ class CategoryStatistics:
     footprint: list[Interval] = field(default_factory=list)
 
 
-def category_statistics(tasks: list[TaskSamples], curves: dict[str, list[int]], threshold: float, replicates: int,
-                        level: float, rng: np.random.Generator) -> CategoryStatistics:
+def category_statistics(
+    tasks: list[TaskSamples],
+    curves: dict[str, list[int]],
+    threshold: float,
+    replicates: int,
+    level: float,
+    rng: np.random.Generator,
+) -> CategoryStatistics:
     """`tasks`' rows are columns: 0 the baseline, then each curve's points (`curves`: label -> its columns, one per
     footprint). Every column is resampled with the same units."""
     scores, footprints = resample_means(tasks, replicates, rng)

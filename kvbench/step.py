@@ -21,8 +21,15 @@ from kvbench.quant import bytes_per_entry
 
 
 class Step:
-    def __init__(self, cache: KVCache, phase: Phase, runs: list[tuple[int, int]], device, kernel: attention.Kernel,
-                 scoring: int = 0):
+    def __init__(
+        self,
+        cache: KVCache,
+        phase: Phase,
+        runs: list[tuple[int, int]],
+        device,
+        kernel: attention.Kernel,
+        scoring: int = 0,
+    ):
         """`runs`: (first position, count) of each run of consecutive positions among the step's tokens, in order
         (a patched chunk is its own run then the scoring tail's); the last `scoring` tokens only score (patched
         schedule): attended over in this step, then dropped, counted in no footprint."""
@@ -69,16 +76,19 @@ class Step:
         # The scoring tail is held only while the method scores, then dropped: like kv_peak, the held figures
         # leave it out (its queries and keys could be computed without caching them at all).
         tail = self.scoring * self.cache.shape.num_kv_heads
-        ledger.record_memory(sum(g.nbytes for g in layer.groups) - bytes_before - tail * self.entry_bytes,
-                             layer.num_held - held_before - tail)
+        ledger.record_memory(
+            sum(g.nbytes for g in layer.groups) - bytes_before - tail * self.entry_bytes,
+            layer.num_held - held_before - tail,
+        )
 
     def _attend(self, query, group: HeadGroup, scaling: float, window: int | None):
         keys, values = group.keys, group.values
         if group.kv_bits != 16:  # read through dequantized copies, alive while the layer attends and decides
             self.cache.ledger.record_transient(self.physical + keys.nbytes + values.nbytes)
         if window is not None and self.last_position >= window:  # the window may cut into what is held
-            return attention.attend_windowed(query, keys, values, group.positions, self.runs, window, scaling,
-                                             self.kernel)
+            return attention.attend_windowed(
+                query, keys, values, group.positions, self.runs, window, scaling, self.kernel
+            )
         return attention.attend(query, keys, values, scaling, self.kernel)
 
     def _evict(self, layer_idx: int, queries, scaling: float) -> None:
@@ -113,8 +123,10 @@ class Step:
             ledger.record_transient(self.physical + group.nbytes)
             self.physical += group.nbytes - bytes_before
             tail = self.scoring * len(group.heads)  # dropped here, never recorded as held (see _append)
-            ledger.record_memory(group.nbytes - bytes_before + tail * self.entry_bytes,
-                                 (group.num_held - held_before) * len(group.heads) + tail)
+            ledger.record_memory(
+                group.nbytes - bytes_before + tail * self.entry_bytes,
+                (group.num_held - held_before) * len(group.heads) + tail,
+            )
 
     # ---- the method's decisions, checked on the device ----
 
@@ -135,11 +147,21 @@ class Step:
             return index
         held = group.num_held
         low, high = index.min(), index.max()
-        self._verdicts.append(((low >= 0) & (high < held), lambda low=low, high=high, held=held: (
-            f"{where}: select() returned indices outside 0..{held - 1} (min {int(low)}, max {int(high)})")))
+        self._verdicts.append(
+            (
+                (low >= 0) & (high < held),
+                lambda low=low, high=high, held=held: (
+                    f"{where}: select() returned indices outside 0..{held - 1} (min {int(low)}, max {int(high)})"
+                ),
+            )
+        )
         if index.shape[1] > 1:
-            self._verdicts.append(((index[:, 1:] > index[:, :-1]).all(), lambda: (
-                f"{where}: select() must return each head's indices ascending, without repeats")))
+            self._verdicts.append(
+                (
+                    (index[:, 1:] > index[:, :-1]).all(),
+                    lambda: f"{where}: select() must return each head's indices ascending, without repeats",
+                )
+            )
         return index.clamp(0, held - 1)
 
     def _without_scoring_tail(self, index, group: HeadGroup, layer: int, group_index: int):
@@ -147,8 +169,10 @@ class Step:
         held, scoring = group.num_held, self.scoring
         if index is None:
             return torch.arange(held - scoring, device=group.positions.device).expand(len(group.heads), -1)
-        message = (f"{self._where(layer, group_index)}: select() must keep the last {scoring} held entries (the "
-                   "scoring-only tail of the patched schedule), which the cache then drops")
+        message = (
+            f"{self._where(layer, group_index)}: select() must keep the last {scoring} held entries (the "
+            "scoring-only tail of the patched schedule), which the cache then drops"
+        )
         if index.shape[1] < scoring:
             raise ValueError(message)
         tail = torch.arange(held - scoring, held, device=index.device)

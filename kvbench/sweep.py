@@ -42,8 +42,17 @@ import yaml
 
 from kvbench.files import write_atomically
 
-GRID_KEYS = {"models", "methods", "tasks", "context_lengths", "chunk_sizes", "query_modes", "metadata", "model_args",
-             "limit"}
+GRID_KEYS = {
+    "models",
+    "methods",
+    "tasks",
+    "context_lengths",
+    "chunk_sizes",
+    "query_modes",
+    "metadata",
+    "model_args",
+    "limit",
+}
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,11 @@ class Cell:
 
     def describe(self) -> str:
         params = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return (f"{Path(self.model).name} {self.method}{'(' + params + ')' if params else ''} {self.task} "
-                f"ctx={self.context_length} chunk={self.chunk_size}" + (f" query={self.query}"
-                                                                          if self.query != "aware" else ""))
+        return (
+            f"{Path(self.model).name} {self.method}{'(' + params + ')' if params else ''} {self.task} "
+            f"ctx={self.context_length} chunk={self.chunk_size}"
+            + (f" query={self.query}" if self.query != "aware" else "")
+        )
 
     def task_metadata(self) -> dict:
         # The tasks measure lengths with the evaluated model's tokenizer; with a model instance lm-eval does
@@ -87,15 +98,28 @@ class Cell:
         return {**self.metadata, "context_length": self.context_length, "pretrained": self.model}
 
     def lm_eval_command(self, out: Path) -> str:
-        model_args = {"pretrained": self.model, "method": self.method, **self.params,
-                      "chunk_size": self.chunk_size, **self.model_args}
+        model_args = {
+            "pretrained": self.model,
+            "method": self.method,
+            **self.params,
+            "chunk_size": self.chunk_size,
+            **self.model_args,
+        }
         if self.query != "aware":
             model_args["query"] = self.query
-        args = ["lm_eval", "--model", "kvbench",
-                "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
-                "--tasks", self.task,
-                "--metadata", json.dumps({**self.metadata, "context_length": self.context_length}),
-                "--output_path", str(self.folder(out))]
+        args = [
+            "lm_eval",
+            "--model",
+            "kvbench",
+            "--model_args",
+            ",".join(f"{k}={v}" for k, v in model_args.items()),
+            "--tasks",
+            self.task,
+            "--metadata",
+            json.dumps({**self.metadata, "context_length": self.context_length}),
+            "--output_path",
+            str(self.folder(out)),
+        ]
         if self.limit is not None:
             args += ["--limit", str(self.limit)]
         return shlex.join(args)
@@ -128,7 +152,8 @@ def cells(config: dict) -> list[Cell]:
 
     grid = []
     for model, context_length, chunk_size, query in itertools.product(
-            config["models"], config["context_lengths"], config["chunk_sizes"], config.get("query_modes", ["aware"])):
+        config["models"], config["context_lengths"], config["chunk_sizes"], config.get("query_modes", ["aware"])
+    ):
         for entry in config["methods"]:
             entry = {"name": entry} if isinstance(entry, str) else entry
             if "name" not in entry:
@@ -141,10 +166,21 @@ def cells(config: dict) -> list[Cell]:
             settings = [{**fixed, knob: v} for v in values] if values else [fixed]
             for params in settings:
                 for task in config["tasks"]:
-                    grid.append(Cell(str(model), entry["name"], params, task, int(context_length),
-                                     int(chunk_size), dict(config.get("metadata") or {}),
-                                     dict(config.get("model_args") or {}), config.get("limit"),
-                                     knob if values else None, query))
+                    grid.append(
+                        Cell(
+                            str(model),
+                            entry["name"],
+                            params,
+                            task,
+                            int(context_length),
+                            int(chunk_size),
+                            dict(config.get("metadata") or {}),
+                            dict(config.get("model_args") or {}),
+                            config.get("limit"),
+                            knob if values else None,
+                            query,
+                        )
+                    )
     return grid
 
 
@@ -200,8 +236,17 @@ def run_cells(todo: list[Cell], out: Path, print_fn=print) -> list[Cell]:
 # ---- spending samples where they decide ----
 
 
-def refine(config_path, out, width: float, budget: int, threshold: float = 0.9, level: float = 0.95,
-           replicates: int = 2000, seed: int = 0, print_fn=print) -> list[Cell]:
+def refine(
+    config_path,
+    out,
+    width: float,
+    budget: int,
+    threshold: float = 0.9,
+    level: float = 0.95,
+    replicates: int = 2000,
+    seed: int = 0,
+    print_fn=print,
+) -> list[Cell]:
     """After the grid: where a curve crosses its threshold between two knob values and either its critical
     footprint's interval or the footprint between those two settings is wider than `width` (a share of full
     attention's footprint, e.g. 0.05: the interval is conditional on the grid, so a crossing between a setting
@@ -230,13 +275,18 @@ def refine(config_path, out, width: float, budget: int, threshold: float = 0.9, 
         for curve, state, _ in proposals:  # refined before and nothing moved: the knob gives no new footprint there
             if seen.get(curve) == state:
                 stuck.add(curve)
-        proposed = [(curve, state, cell) for curve, state, cell in proposals
-                    if curve not in stuck and cell.folder(out) / "results.json" not in known][: budget - len(added)]
+        proposed = [
+            (curve, state, cell)
+            for curve, state, cell in proposals
+            if curve not in stuck and cell.folder(out) / "results.json" not in known
+        ][: budget - len(added)]
         if not proposed:
             break
         seen.update({curve: state for curve, state, _ in proposed})
-        print_fn(f"sweep: refining: {len(proposed)} cell(s) at knob values between the last failing and the first "
-                 f"passing setting of curves still wider than {width:g}")
+        print_fn(
+            f"sweep: refining: {len(proposed)} cell(s) at knob values between the last failing and the first "
+            f"passing setting of curves still wider than {width:g}"
+        )
         added += [cell for _, _, cell in proposed]
         write_atomically(out / "refined.yaml", yaml.safe_dump([cell.as_dict() for cell in added], sort_keys=False))
         run_cells([cell for _, _, cell in proposed], out, print_fn)
@@ -299,8 +349,15 @@ def progress_columns():
     """The sweep's bar: counts, elapsed time and ETA first, the cell last (`fit_cell` cuts it to the width left)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return (TextColumn("sweep"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"))
+    return (
+        TextColumn("sweep"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
 
 
 PROGRESS_WIDTH = 50  # what the columns before the cell take, at most (counts up to 9999/9999, hours)
@@ -350,8 +407,10 @@ class _LogProgress:
             done, ran = done + 1, ran + 1
             elapsed = time.perf_counter() - began
             eta = elapsed / ran * (total - done)
-            self.print(f"sweep: [{done}/{total}] {cell.describe()}: {seconds:.1f} s "
-                       f"(elapsed {_clock(elapsed)}, ETA {_clock(eta)})")
+            self.print(
+                f"sweep: [{done}/{total}] {cell.describe()}: {seconds:.1f} s "
+                f"(elapsed {_clock(elapsed)}, ETA {_clock(eta)})"
+            )
 
         yield advance
 
@@ -429,8 +488,14 @@ class CellRunner:
         self.lm.tally = FootprintTally()
         # Every cell keeps its per-sample rows (kvbench.lmeval.samples): compact ones, or lm-eval's whole rows with
         # trace=true in model_args (they carry the traces). run_cell writes them.
-        return lm_eval.simple_evaluate(model=self.lm, tasks=[cell.task], task_manager=self.task_manager(cell),
-                                       metadata=cell.task_metadata(), limit=cell.limit, log_samples=self.lm.trace)
+        return lm_eval.simple_evaluate(
+            model=self.lm,
+            tasks=[cell.task],
+            task_manager=self.task_manager(cell),
+            metadata=cell.task_metadata(),
+            limit=cell.limit,
+            log_samples=self.lm.trace,
+        )
 
 
 def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:

@@ -46,8 +46,15 @@ def traces(paths, task: str | None = None, sample: int = 0) -> list[dict]:
             for line in samples_path.read_text().splitlines():
                 row = json.loads(line)
                 if row.get("doc_id") == sample and row.get("kv_trace"):
-                    found.append({"label": _run_label(kv), "task": row.get("doc", {}).get("task", name),
-                                  "footprint": row["kv_footprint"], "peak": row["kv_peak"], "points": row["kv_trace"]})
+                    found.append(
+                        {
+                            "label": _run_label(kv),
+                            "task": row.get("doc", {}).get("task", name),
+                            "footprint": row["kv_footprint"],
+                            "peak": row["kv_peak"],
+                            "points": row["kv_trace"],
+                        }
+                    )
                     task = task or name
                     break
     if not found:
@@ -81,10 +88,20 @@ def trace_figure(paths, task: str | None = None, sample: int = 0):
         width = 1.2 + 3.6 * (len(runs) - 1 - order) / max(len(runs) - 1, 1)
         [line] = ax.plot(xs, ys, label=label, linewidth=width, zorder=2 + order, **line_style)
         ax.fill_between(xs, ys, alpha=0.08, color=line.get_color())
-        ax.plot([peak["tokens"]], [peak["held_peak"]], marker=style[run["label"]]["marker"], markersize=10,
-                markerfacecolor="none", markeredgewidth=1.5, color=line.get_color())
-    ax.set(title=f"KV held over one request ({runs[0]['task']}, sample {sample}); marker: the peak",
-           xlabel="tokens processed", ylabel="KV entries held (per layer and KV head)")
+        ax.plot(
+            [peak["tokens"]],
+            [peak["held_peak"]],
+            marker=style[run["label"]]["marker"],
+            markersize=10,
+            markerfacecolor="none",
+            markeredgewidth=1.5,
+            color=line.get_color(),
+        )
+    ax.set(
+        title=f"KV held over one request ({runs[0]['task']}, sample {sample}); marker: the peak",
+        xlabel="tokens processed",
+        ylabel="KV entries held (per layer and KV head)",
+    )
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     fig.tight_layout()
     return fig
@@ -94,6 +111,7 @@ def trace_figure(paths, task: str | None = None, sample: int = 0):
 
 # Ranks: the range of places a method is not separated from (kvbench.statistics), among the methods run in the same
 # query mode (a query-agnostic run competes with query-agnostic runs).
+
 
 def threshold_table(runs, thresholds: list[float], **statistics) -> list[dict]:
     """One row per (group, category, method): its critical footprint, interval and rank range at each threshold.
@@ -105,10 +123,21 @@ def threshold_table(runs, thresholds: list[float], **statistics) -> list[dict]:
         for row in rows(scoring.score_runs(runs, threshold, **statistics), threshold):
             key = (row["model"], row["context_length"], row["chunk_size"], row["category"], row["method"], row["query"])
             label = row["method"] + (scoring.AGNOSTIC if row["query"] == "agnostic" else "")
-            out = table.setdefault(key, {"model": row["model"], "context_length": row["context_length"],
-                                         "chunk_size": row["chunk_size"], "category": row["category"],
-                                         "method": label, "query": row["query"], "n": row["n"], "critical": {},
-                                         "interval": {}, "rank": {}})
+            out = table.setdefault(
+                key,
+                {
+                    "model": row["model"],
+                    "context_length": row["context_length"],
+                    "chunk_size": row["chunk_size"],
+                    "category": row["category"],
+                    "method": label,
+                    "query": row["query"],
+                    "n": row["n"],
+                    "critical": {},
+                    "interval": {},
+                    "rank": {},
+                },
+            )
             out["critical"][f"{threshold:g}"] = cell_text(row)
             out["interval"][f"{threshold:g}"] = [row["ci_low"], row["ci_high"]]
             out["rank"][f"{threshold:g}"] = row["rank"]
@@ -120,12 +149,16 @@ def threshold_table(runs, thresholds: list[float], **statistics) -> list[dict]:
 
 def threshold_markdown(rows: list[dict], thresholds: list[float], statistics: dict | None = None) -> str:
     names = [f"{t:g}" for t in thresholds]
-    lines = [f"Critical KV footprint at {', '.join(names)} x full attention's score, its interval and each method's "
-             "rank range (1 = the smallest footprint; a range covers the places a method is not separated from); ↕ "
-             "marks a method whose rank range changes with the threshold."]
+    lines = [
+        f"Critical KV footprint at {', '.join(names)} x full attention's score, its interval and each method's "
+        "rank range (1 = the smallest footprint; a range covers the places a method is not separated from); ↕ "
+        "marks a method whose rank range changes with the threshold."
+    ]
     if statistics and statistics.get("replicates"):
-        lines[0] += (f" {100 * statistics['level']:g}% intervals from {statistics['replicates']} paired bootstrap "
-                     f"replicates over samples (seed {statistics['seed']}).")
+        lines[0] += (
+            f" {100 * statistics['level']:g}% intervals from {statistics['replicates']} paired bootstrap "
+            f"replicates over samples (seed {statistics['seed']})."
+        )
     lines.append("")
     groups = defaultdict(list)
     for row in sorted(rows, key=lambda r: r["query"] != "aware"):
@@ -140,10 +173,12 @@ def threshold_markdown(rows: list[dict], thresholds: list[float], statistics: di
     for (model, length, chunk, category, query), members in sorted(groups.items(), key=lambda g: g[0][:4]):
         mode = f" (query-{query})" if agnostic else ""
         n = sorted({str(r["n"]) for r in members if r["n"] is not None})
-        lines += [f"### {model}, context {length}, chunk {chunk}: {category}{mode}" +
-                  (f" (n = {'/'.join(n)})" if n else ""), "",
-                  "| method | " + " | ".join(f"{n} x full (rank)" for n in names) + " |",
-                  "|---" * (len(names) + 1) + "|"]
+        lines += [
+            f"### {model}, context {length}, chunk {chunk}: {category}{mode}" + (f" (n = {'/'.join(n)})" if n else ""),
+            "",
+            "| method | " + " | ".join(f"{n} x full (rank)" for n in names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
         for row in sorted(members, key=order):
             cells = [f"{row['critical'].get(n, '—')} ({row['rank'].get(n) or '—'})" for n in names]
             lines.append(f"| {row['method']}{' ↕' if row['rank_changes'] else ''} | " + " | ".join(cells) + " |")
@@ -161,8 +196,9 @@ def chunk_curves(runs, threshold: float) -> dict:
         for category, cb in board.categories.items():
             for method, critical in cb.critical.items():
                 curves[(board.model, board.context_length, category)][method].append((board.chunk_size, critical))
-    return {key: {m: sorted(points, key=lambda p: p[0]) for m, points in methods.items()}
-            for key, methods in curves.items()}
+    return {
+        key: {m: sorted(points, key=lambda p: p[0]) for m, points in methods.items()} for key, methods in curves.items()
+    }
 
 
 def chunks_figure(runs, threshold: float):
@@ -183,17 +219,31 @@ def chunks_figure(runs, threshold: float):
             ax.plot([c for c, _ in points], [100 * crit.value for _, crit in points], **style[method])
             for chunk, crit in points:  # ">": never reached (drawn at its largest run), "<": at most this
                 if crit.mark:
-                    ax.annotate(crit.mark, (chunk, 100 * crit.value), textcoords="offset points", xytext=(5, 2),
-                                fontsize="small")
+                    ax.annotate(
+                        crit.mark,
+                        (chunk, 100 * crit.value),
+                        textcoords="offset points",
+                        xytext=(5, 2),
+                        fontsize="small",
+                    )
         chunk_sizes = sorted({c for points in methods.values() for c, _ in points})
         ax.set_xscale("log", base=2)
         ax.set_xticks(chunk_sizes, [str(c) for c in chunk_sizes])  # the sizes tried, written out, not as 2^k
         ax.minorticks_off()
-        ax.set(title=f"{category} — {model.rsplit('/', 1)[-1]}, context {length}", xlabel="prefill chunk size (tokens)",
-               ylabel=f"critical KV footprint at {threshold:g} x full (%)")
+        ax.set(
+            title=f"{category} — {model.rsplit('/', 1)[-1]}, context {length}",
+            xlabel="prefill chunk size (tokens)",
+            ylabel=f"critical KV footprint at {threshold:g} x full (%)",
+        )
     handles = [plt.Line2D([], [], label=m, **style[m]) for m in style]
-    handles.append(plt.Line2D([], [], linestyle="none", label="<: passed at its smallest run;  >: never reached "
-                              "(drawn at its largest run)"))
+    handles.append(
+        plt.Line2D(
+            [],
+            [],
+            linestyle="none",
+            label="<: passed at its smallest run;  >: never reached (drawn at its largest run)",
+        )
+    )
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 5), 1, 1))
     return fig
@@ -211,9 +261,16 @@ def memory_points(paths) -> list[dict]:
         if not kv:
             continue
         for task, tally in kv.get("tasks", {}).items():
-            points.append({"label": kv["method"], "task": task, "footprint": tally["kv_footprint"],
-                           "peak": tally["kv_peak"], "peak_bytes": tally["kv_peak_bytes"],
-                           "tokens_per_second": kv.get("tokens_per_second")})
+            points.append(
+                {
+                    "label": kv["method"],
+                    "task": task,
+                    "footprint": tally["kv_footprint"],
+                    "peak": tally["kv_peak"],
+                    "peak_bytes": tally["kv_peak_bytes"],
+                    "tokens_per_second": kv.get("tokens_per_second"),
+                }
+            )
     if len(points) < 2:
         raise ValueError("need at least two results (a settings sweep) to relate measured to idealised figures")
     return points
@@ -236,20 +293,41 @@ def memory_figure(paths):
     points = memory_points(paths)
     style = styles(sorted({p["label"] for p in points}))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    panels = ((left, "peak", "peak_bytes", 2**20, "idealised peak (entries held at once, % of tokens)",
-               "measured peak KV memory (MiB, mean per request)"),
-              (right, "footprint", "tokens_per_second", 1, "idealised KV footprint (%)",
-               "measured tokens per second (whole run)"))
+    panels = (
+        (
+            left,
+            "peak",
+            "peak_bytes",
+            2**20,
+            "idealised peak (entries held at once, % of tokens)",
+            "measured peak KV memory (MiB, mean per request)",
+        ),
+        (
+            right,
+            "footprint",
+            "tokens_per_second",
+            1,
+            "idealised KV footprint (%)",
+            "measured tokens per second (whole run)",
+        ),
+    )
     for ax, x_key, y_key, scale, x_label, y_label in panels:
         chosen = [p for p in points if p[y_key] is not None]
         for label in style:
             mine = [p for p in chosen if p["label"] == label]
-            ax.plot([100 * p[x_key] for p in mine], [p[y_key] / scale for p in mine], linestyle="none",
-                    label=label, **{k: v for k, v in style[label].items() if k != "linestyle"})
+            ax.plot(
+                [100 * p[x_key] for p in mine],
+                [p[y_key] / scale for p in mine],
+                linestyle="none",
+                label=label,
+                **{k: v for k, v in style[label].items() if k != "linestyle"},
+            )
         r = correlation([p[x_key] for p in chosen], [p[y_key] for p in chosen])
         ax.set(xlabel=x_label, ylabel=y_label, title=f"Pearson r = {r:.2f} over {len(chosen)} (setting, task) points")
-    handles = [plt.Line2D([], [], label=m, linestyle="none", **{k: v for k, v in style[m].items() if k != "linestyle"})
-               for m in style]
+    handles = [
+        plt.Line2D([], [], label=m, linestyle="none", **{k: v for k, v in style[m].items() if k != "linestyle"})
+        for m in style
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(style), 5), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(style) - 1) // 5), 1, 1))
     return fig

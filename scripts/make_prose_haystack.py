@@ -40,8 +40,10 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with gzip.GzipFile(OUT, "wb", mtime=0) as f:  # mtime 0: the same bytes on every run
         f.write(("\n".join(sentences) + "\n").encode())
-    print(f"{len(sentences)} sentences, {sum(len(s.split()) for s in sentences)} words from Python "
-          f"{sys.version.split()[0]} -> {OUT}")
+    print(
+        f"{len(sentences)} sentences, {sum(len(s.split()) for s in sentences)} words from Python "
+        f"{sys.version.split()[0]} -> {OUT}"
+    )
 
 
 if __name__ == "__main__":

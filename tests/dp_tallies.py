@@ -9,13 +9,16 @@ from lm_eval.api.instance import Instance
 
 from kvbench.lmeval.backend import KVBenchLM
 
-lm = KVBenchLM(pretrained=sys.argv[1], method="snapkv", keep=0.3, recent=4, obs_window=4, chunk_size=16,
-               device="cpu")
+lm = KVBenchLM(pretrained=sys.argv[1], method="snapkv", keep=0.3, recent=4, obs_window=4, chunk_size=16, device="cpu")
 prompts = ["the quick brown fox jumps over the lazy dog " * n for n in (3, 5, 7, 9)]
-generations = [Instance("generate_until", {}, (p, {"until": ["\n"], "max_gen_toks": 4}), i, ("gen", i, 1))
-               for i, p in enumerate(prompts)]
-choices = [Instance("loglikelihood", {}, (prompts[2], f" {word}"), i, ("choice", 0, 1))
-           for i, word in enumerate(("fox", "dog"))]
+generations = [
+    Instance("generate_until", {}, (p, {"until": ["\n"], "max_gen_toks": 4}), i, ("gen", i, 1))
+    for i, p in enumerate(prompts)
+]
+choices = [
+    Instance("loglikelihood", {}, (prompts[2], f" {word}"), i, ("choice", 0, 1))
+    for i, word in enumerate(("fox", "dog"))
+]
 lm.generate_until(generations[lm.rank :: lm.world_size])
 if lm.rank == 0:
     lm.loglikelihood(choices)

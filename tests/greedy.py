@@ -43,13 +43,15 @@ def assert_same_greedy(
     assert len(got_logits) == len(got_tokens) and len(want_logits) == len(want_tokens)
     compared = 0
     for step, (got_token, got, want_token, want) in enumerate(zip(got_tokens, got_logits, want_tokens, want_logits)):
-        torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol,
-                                   msg=lambda m, step=step: f"step {step}: {m}")
+        torch.testing.assert_close(
+            got.float(), want.float(), atol=atol, rtol=rtol, msg=lambda m, step=step: f"step {step}: {m}"
+        )
         compared += 1
         margin, bound = top2_margin(want), tie_bound(want, atol, rtol)
         if margin > bound:
             assert got_token == want_token == int(want.argmax()), (
-                f"step {step}: token {got_token} != {want_token} at a decisive margin {margin:.2e} > {bound:.2e}")
+                f"step {step}: token {got_token} != {want_token} at a decisive margin {margin:.2e} > {bound:.2e}"
+            )
         elif got_token != want_token:
             break  # a near-tie decided either way: later steps are fed different tokens
     else:  # every step compared: the decodes also end together

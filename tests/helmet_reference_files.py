@@ -88,8 +88,17 @@ def _with_repeats(rng: random.Random, base: list, n_repeat: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------ KILT (RAG)
 
-def _kilt_file(tag: str, rng: random.Random, keys: list, questions: list[str], n_ctx: int,
-               order: list[int], with_id: bool, s_pop: list[int] | None = None) -> list[dict]:
+
+def _kilt_file(
+    tag: str,
+    rng: random.Random,
+    keys: list,
+    questions: list[str],
+    n_ctx: int,
+    order: list[int],
+    with_id: bool,
+    s_pop: list[int] | None = None,
+) -> list[dict]:
     rows = []
     for line, b in enumerate(order):
         ctxs = []
@@ -97,8 +106,9 @@ def _kilt_file(tag: str, rng: random.Random, keys: list, questions: list[str], n
             text = _words(rng, 12)
             if j == 0:
                 text = f"[{tag}#{line}] " + text
-            ctxs.append({"id": f"{tag}-p{line}-{j}", "title": _words(rng, 2).title(), "text": text,
-                         "has_answer": j == 0})
+            ctxs.append(
+                {"id": f"{tag}-p{line}-{j}", "title": _words(rng, 2).title(), "text": text, "has_answer": j == 0}
+            )
         row = {}
         if with_id:
             row["id"] = keys[b]
@@ -131,8 +141,10 @@ def _kilt(root: str) -> None:
     seen_ids: set = set()
     seen = set()
     for split, n_base, n_rep, k, tag in (("dev", 190, 10, 4, "tqa-dev"), ("train", 190, 10, 3, "tqa-train")):
-        ids = [_unique(rng, lambda r: f"{r.choice(['tc', 'qw', 'qb', 'wh'])}_{r.randint(1, 9999)}", seen_ids)
-               for _ in range(n_base)]
+        ids = [
+            _unique(rng, lambda r: f"{r.choice(['tc', 'qw', 'qb', 'wh'])}_{r.randint(1, 9999)}", seen_ids)
+            for _ in range(n_base)
+        ]
         qs = _questions(rng, n_base, seen)
         order = _with_repeats(rng, ids, n_rep)
         name = f"triviaqa-{split}-multikilt_1000_k{1000 if split == 'dev' else 3}_dep6.jsonl"
@@ -141,8 +153,9 @@ def _kilt(root: str) -> None:
     rng = _rng("hotpotqa")
     seen_ids, seen = set(), set()
     for split, n_base, n_rep, k, tag in (("dev", 142, 8, 4, "hqa-dev"), ("train", 152, 8, 3, "hqa-train")):
-        ids = [_unique(rng, lambda r: "5a" + "".join(r.choice(HEX) for _ in range(22)), seen_ids)
-               for _ in range(n_base)]
+        ids = [
+            _unique(rng, lambda r: "5a" + "".join(r.choice(HEX) for _ in range(22)), seen_ids) for _ in range(n_base)
+        ]
         qs = _questions(rng, n_base, seen)
         order = _with_repeats(rng, ids, n_rep)
         name = f"hotpotqa-{split}-multikilt_1000_k{1000 if split == 'dev' else 3}_dep3.jsonl"
@@ -155,20 +168,27 @@ def _kilt(root: str) -> None:
     qs = _questions(rng, n_base, set())
     pops = [rng.choice([1, 3, 12, 40, 150, 300, 720, 999, 1000, 1001, 4000, 25000, 250000]) for _ in range(n_base)]
     order = _with_repeats(rng, ids, 10)
-    _write_jsonl(os.path.join(kdir, "popqa_test_1000_k1000_dep6.jsonl"),
-                 _kilt_file("popqa-k1000", rng, ids, qs, 4, order, with_id=True, s_pop=pops))
-    _write_jsonl(os.path.join(kdir, "popqa_test_1000_k3_dep6.jsonl"),
-                 _kilt_file("popqa-k3", rng, ids, qs, 3, order, with_id=True, s_pop=pops))
+    _write_jsonl(
+        os.path.join(kdir, "popqa_test_1000_k1000_dep6.jsonl"),
+        _kilt_file("popqa-k1000", rng, ids, qs, 4, order, with_id=True, s_pop=pops),
+    )
+    _write_jsonl(
+        os.path.join(kdir, "popqa_test_1000_k3_dep6.jsonl"),
+        _kilt_file("popqa-k3", rng, ids, qs, 3, order, with_id=True, s_pop=pops),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ MS MARCO
+
 
 def _msmarco(root: str) -> None:
     mdir = os.path.join(root, "msmarco")
     rng = _rng("msmarco")
     seen: set = set()
-    qids = [_unique(rng, lambda r: str(r.choice([r.randint(1000, 99999), r.randint(100000, 1200000)])), seen)
-            for _ in range(264)]
+    qids = [
+        _unique(rng, lambda r: str(r.choice([r.randint(1000, 99999), r.randint(100000, 1200000)])), seen)
+        for _ in range(264)
+    ]
     queries = {q: _words(rng, rng.randint(3, 7)) for q in qids}
     pid_counter = [7000000]
 
@@ -181,7 +201,9 @@ def _msmarco(root: str) -> None:
                 text = _words(rng, 10)
                 if j == 0:
                     text = f"[{tag}#{line}] " + text
-                ctxs.append({"id": str(pid_counter[0]), "title": "", "text": text, "label": rng.choice([0, 0, 0, 1, 2, 3])})
+                ctxs.append(
+                    {"id": str(pid_counter[0]), "title": "", "text": text, "label": rng.choice([0, 0, 0, 1, 2, 3])}
+                )
             rows.append({"qid": qid, "query": queries[qid], "ctxs": ctxs})
         return rows
 
@@ -200,6 +222,7 @@ def _msmarco(root: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ recall
 
+
 def _uuid(rng: random.Random) -> str:
     h = "".join(rng.choice(HEX) for _ in range(32))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -212,19 +235,24 @@ def _json_kv(root: str) -> None:
         kvs = [(_uuid(rng), _uuid(rng)) for _ in range(8)]
         target = rng.randrange(len(kvs))
         demos = [[_uuid(rng), _uuid(rng)] for _ in range(4)]
-        rows.append({
-            "context": "JSON data:\n" + json.dumps(dict(kvs), indent=1),
-            "question": kvs[target][0],
-            "answer": kvs[target][1],
-            "demos": demos,
-            "num_kvs": len(kvs),
-        })
+        rows.append(
+            {
+                "context": "JSON data:\n" + json.dumps(dict(kvs), indent=1),
+                "question": kvs[target][0],
+                "answer": kvs[target][1],
+                "demos": demos,
+                "num_kvs": len(kvs),
+            }
+        )
     _write_jsonl(os.path.join(root, "json_kv", "test_k1800_dep6.jsonl"), rows)
 
 
 def _ruler(root: str) -> None:
-    specs = (("niah_multikey_2", 150, "numbers", 1), ("niah_multikey_3", 200, "uuids", 1),
-             ("niah_multivalue", 100, "numbers", 4))
+    specs = (
+        ("niah_multikey_2", 150, "numbers", 1),
+        ("niah_multikey_3", 200, "uuids", 1),
+        ("niah_multivalue", 100, "numbers", 4),
+    )
     for folder, n, vtype, n_vals in specs:
         rng = _rng("ruler-" + folder)
         rows = []
@@ -233,9 +261,17 @@ def _ruler(root: str) -> None:
             values = [_uuid(rng) if vtype == "uuids" else str(rng.randint(1000000, 9999999)) for _ in range(n_vals)]
             needles = " ".join(f"One of the special magic {vtype} for {query} is: {v}." for v in values)
             context = _words(rng, 20) + " " + needles + " " + _words(rng, 20)
-            rows.append({"index": index, "input": f"[{folder}#{index}] {context}", "outputs": values,
-                         "length": 131072 - rng.randint(0, 500), "context": context, "query": query,
-                         "type_needle_v": vtype})
+            rows.append(
+                {
+                    "index": index,
+                    "input": f"[{folder}#{index}] {context}",
+                    "outputs": values,
+                    "length": 131072 - rng.randint(0, 500),
+                    "context": context,
+                    "query": query,
+                    "type_needle_v": vtype,
+                }
+            )
         _write_jsonl(os.path.join(root, "ruler", folder, "validation_131072.jsonl"), rows)
 
 
@@ -244,14 +280,74 @@ def _ruler(root: str) -> None:
 ICL_NUM_LABELS = {"trec_coarse": 6, "trec_fine": 50, "banking77": 77, "clinic150": 151, "nlu": 68}
 TREC_COARSE_NAMES = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
 # fine label id -> coarse label id, for the 20 fine labels used (ids are valid CogComp/trec fine ids)
-TREC_FINE_TO_COARSE = {0: 0, 1: 0, 2: 1, 5: 1, 9: 1, 14: 1, 22: 2, 23: 2, 24: 2, 28: 3, 29: 3, 30: 3,
-                       32: 4, 33: 4, 34: 4, 35: 4, 38: 5, 39: 5, 41: 5, 42: 5}
+TREC_FINE_TO_COARSE = {
+    0: 0,
+    1: 0,
+    2: 1,
+    5: 1,
+    9: 1,
+    14: 1,
+    22: 2,
+    23: 2,
+    24: 2,
+    28: 3,
+    29: 3,
+    30: 3,
+    32: 4,
+    33: 4,
+    34: 4,
+    35: 4,
+    38: 5,
+    39: 5,
+    41: 5,
+    42: 5,
+}
 # test rows per fine label (600 in all): coarse ABBR has 50 (< 84 rounds), ENTY exactly 84
-TREC_FINE_TEST = {0: 10, 1: 40, 2: 25, 5: 30, 9: 14, 14: 15, 22: 40, 23: 40, 24: 40, 28: 35, 29: 35, 30: 36,
-                  32: 30, 33: 30, 34: 30, 35: 30, 38: 30, 39: 30, 41: 30, 42: 30}
+TREC_FINE_TEST = {
+    0: 10,
+    1: 40,
+    2: 25,
+    5: 30,
+    9: 14,
+    14: 15,
+    22: 40,
+    23: 40,
+    24: 40,
+    28: 35,
+    29: 35,
+    30: 36,
+    32: 30,
+    33: 30,
+    34: 30,
+    35: 30,
+    38: 30,
+    39: 30,
+    41: 30,
+    42: 30,
+}
 # train rows per fine label (300 in all): coarse ABBR has 3 (< 4 rounds at 24 shots); fine 0 has 1, fine 1 has 2
-TREC_FINE_TRAIN = {0: 1, 1: 2, 2: 19, 5: 16, 9: 17, 14: 15, 22: 18, 23: 17, 24: 16, 28: 17, 29: 18, 30: 16,
-                   32: 17, 33: 16, 34: 18, 35: 17, 38: 16, 39: 15, 41: 14, 42: 15}
+TREC_FINE_TRAIN = {
+    0: 1,
+    1: 2,
+    2: 19,
+    5: 16,
+    9: 17,
+    14: 15,
+    22: 18,
+    23: 17,
+    24: 16,
+    28: 17,
+    29: 18,
+    30: 16,
+    32: 17,
+    33: 16,
+    34: 18,
+    35: 17,
+    38: 16,
+    39: 15,
+    41: 14,
+    42: 15,
+}
 
 
 def _counts_rows(rng: random.Random, counts: dict[int, int]) -> list[int]:
@@ -288,8 +384,10 @@ def _icl(root: str) -> None:
     idir = os.path.join(root, "icl")
 
     def dump(name: str, split: str, texts: list[str], labels: list[int]) -> None:
-        _write_jsonl(os.path.join(idir, name, f"{split}.jsonl"),
-                     [{"text": t, "label": int(lab)} for t, lab in zip(texts, labels)])
+        _write_jsonl(
+            os.path.join(idir, name, f"{split}.jsonl"),
+            [{"text": t, "label": int(lab)} for t, lab in zip(texts, labels)],
+        )
 
     def names(name: str, prefix: str) -> None:
         os.makedirs(os.path.join(idir, name), exist_ok=True)
@@ -339,6 +437,7 @@ def _icl(root: str) -> None:
     texts = _icl_texts(rng, "nlu", len(y))
     _write_jsonl(os.path.join(idir, "nlu", "all.jsonl"), [{"text": t, "label": lab} for t, lab in zip(texts, y)])
     import numpy as np  # the split must mirror datasets.Dataset.train_test_split(test_size=0.1, seed=42)
+
     perm = np.random.default_rng(42).permutation(len(y))
     n_test = math.ceil(0.1 * len(y))
     for split, idx in (("test", perm[:n_test]), ("train", perm[n_test:])):
@@ -357,4 +456,5 @@ def write_all(root: str) -> None:
 
 if __name__ == "__main__":
     import sys
+
     write_all(sys.argv[1] if len(sys.argv) > 1 else "fixtures")

@@ -20,8 +20,9 @@ PROMPT_LEN, NEW_TOKENS = 150, 4
 FLASH_CALLS: list[tuple] = []  # (query, keys) shapes handed to the stand-in, in [batch, sequence, heads, dim]
 
 
-def cpu_flash_forward(query, key, value, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, return_debug_mask,
-                      *, scale=None):
+def cpu_flash_forward(
+    query, key, value, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, return_debug_mask, *, scale=None
+):
     """A CPU stand-in with `torch.ops.aten._flash_attention_forward`'s signature and layout: [batch, sequence, heads,
     dim] in and out, the log-sum-exp [batch, heads, sequence], GQA in the kernel."""
     assert query.stride(-1) == key.stride(-1) == value.stride(-1) == 1, "flash needs a contiguous last dimension"
@@ -29,12 +30,15 @@ def cpu_flash_forward(query, key, value, cum_seq_q, cum_seq_k, max_q, max_k, dro
     assert query.shape[2] % key.shape[2] == 0 and key.shape == value.shape
     FLASH_CALLS.append((tuple(query.shape), tuple(key.shape)))
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), 0.0, is_causal, scale=scale)
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), 0.0, is_causal, scale=scale
+    )
     return out.transpose(1, 2), lse, None, None, None
 
 
-KERNELS = {"cpu": attention.Kernel("cpu", attention.cpu_fused),
-           "cuda branch (CPU stand-in)": attention.Kernel("stand-in", attention.flash_forward_kernel(cpu_flash_forward))}
+KERNELS = {
+    "cpu": attention.Kernel("cpu", attention.cpu_fused),
+    "cuda branch (CPU stand-in)": attention.Kernel("stand-in", attention.flash_forward_kernel(cpu_flash_forward)),
+}
 
 
 @pytest.fixture(params=list(KERNELS))
@@ -86,7 +90,10 @@ def windowed_case(seed, heads, kv_heads, held, new, window, evict):
     own = torch.arange(held, held + new)
     key_positions = torch.cat([past, own.expand(kv_heads, -1)], dim=1)
     query = torch.randn(1, heads, new, 16)
-    keys, values = torch.randn(1, kv_heads, key_positions.shape[1], 16), torch.randn(1, kv_heads, key_positions.shape[1], 16)
+    keys, values = (
+        torch.randn(1, kv_heads, key_positions.shape[1], 16),
+        torch.randn(1, kv_heads, key_positions.shape[1], 16),
+    )
     q = own[:, None]
     visible = (key_positions[:, None, :] <= q) & (key_positions[:, None, :] > q - window)  # [kv heads, new, keys]
     visible = visible.repeat_interleave(heads // kv_heads, 0)[None]
@@ -151,8 +158,15 @@ def test_both_kernels_evict_alike_under_a_sliding_window(monkeypatch):
     runs = {}
     for name, chosen in KERNELS.items():
         monkeypatch.setattr(attention, "select_kernel", lambda *args, chosen=chosen, **kwargs: chosen)
-        runs[name] = generate(model, random_prompt(PROMPT_LEN, seed=5), StreamingLLM(sink=4, window=30),
-                              chunk_size=16, max_new_tokens=NEW_TOKENS, eos_token_id=[], return_logits=True)
+        runs[name] = generate(
+            model,
+            random_prompt(PROMPT_LEN, seed=5),
+            StreamingLLM(sink=4, window=30),
+            chunk_size=16,
+            max_new_tokens=NEW_TOKENS,
+            eos_token_id=[],
+            return_logits=True,
+        )
     cpu, cuda = runs.values()
     assert_same_greedy(cuda.token_ids, cuda.logits, cpu.token_ids, cpu.logits, atol=1e-5, rtol=1e-5)
     assert cuda.stats == cpu.stats
@@ -167,10 +181,13 @@ def test_a_cpu_model_runs_the_cpu_kernel_and_attn_flash_is_refused_there():
         attention.select_kernel(torch.device("cpu"), torch.float32, 64, "flash")
 
 
-@pytest.mark.parametrize("dtype, head_dim, message", [
-    (torch.float32, 128, "the model is float32 .*pass dtype=bfloat16"),
-    (torch.bfloat16, 512, "its head_dim is 512 \\(flash takes at most 256\\)"),
-])
+@pytest.mark.parametrize(
+    "dtype, head_dim, message",
+    [
+        (torch.float32, 128, "the model is float32 .*pass dtype=bfloat16"),
+        (torch.bfloat16, 512, "its head_dim is 512 \\(flash takes at most 256\\)"),
+    ],
+)
 def test_on_cuda_only_flash_kernels_run_and_anything_else_is_refused_in_one_line(dtype, head_dim, message):
     with pytest.raises(ValueError, match="kvbench attends on CUDA with flash kernels only.*" + message) as error:
         attention.select_kernel(torch.device("cuda"), dtype, head_dim)

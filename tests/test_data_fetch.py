@@ -105,8 +105,22 @@ def test_cli_fetch_unpacks_helmet_layout(server, tmp_path, capsys):
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
     httpd.body = buffer.getvalue()
-    assert main(["data", "fetch", "helmet", "--dest", str(tmp_path), "--url", url,
-                 "--sha256", hashlib.sha256(httpd.body).hexdigest()]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "fetch",
+                "helmet",
+                "--dest",
+                str(tmp_path),
+                "--url",
+                url,
+                "--sha256",
+                hashlib.sha256(httpd.body).hexdigest(),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "data/kilt/nq-dev-multikilt_1000_k20_dep6.jsonl").read_bytes() == content
     assert not (tmp_path / "data.tar.gz").exists()
     assert "data_dir" in capsys.readouterr().out
@@ -159,7 +173,10 @@ def standin_sources(base: str) -> dict:
         out[source] = {}
         for key, (url, _) in entries.items():
             name = url.rsplit("/", 1)[-1]
-            out[source][key] = (f"{base}/{source}/{name}", hashlib.sha256((STANDINS / source / name).read_bytes()).hexdigest())
+            out[source][key] = (
+                f"{base}/{source}/{name}",
+                hashlib.sha256((STANDINS / source / name).read_bytes()).hexdigest(),
+            )
     return out
 
 
@@ -175,24 +192,32 @@ def test_icl_sets_are_built_from_the_raw_sources_as_their_scripts_read_them(mirr
         {"text": "How did serfdom develop in and then leave Russia ?", "label": 2},
         {"text": "What is the sister city of Los Angeles ?", "label": 4},
         {"text": "Who wrote `` Hamlet '' ?", "label": 3},
-        {"text": "How many   spaces  are kept inside ?", "label": 5}]
+        {"text": "How many   spaces  are kept inside ?", "label": 5},
+    ]
     assert [r["label"] for r in jsonl(icl / "trec_fine/train.jsonl")] == [26, 32, 29, 38, 1]
     assert [r["label"] for r in jsonl(icl / "trec_fine/test.jsonl")] == [40, 12]
     # banking77: quoted CSV, a space after the comma, labels by the script's list (not alphabetical)
     assert jsonl(icl / "banking77/train.jsonl")[1:] == [
         {"text": 'I ordered it, but it says "pending"', "label": 45},
-        {"text": "Why was I refunded twice?", "label": 51}, {"text": "Is this reverted?", "label": 53}]
+        {"text": "Why was I refunded twice?", "label": 51},
+        {"text": "Is this reverted?", "label": 53},
+    ]
     assert jsonl(icl / "banking77/test.jsonl") == [{"text": "Café charged me twice", "label": 63}]
     # clinc150 "plus": in-scope then out-of-scope; HELMET's test split is the validation split
     assert [r["label"] for r in jsonl(icl / "clinc150/train.jsonl")] == [5, 150, 0, 42]
-    assert jsonl(icl / "clinc150/test.jsonl") == [{"text": "set a timer", "label": 32},
-                                                 {"text": "who is the best nfl team", "label": 42},
-                                                 {"text": "tell me about kites", "label": 42}]
+    assert jsonl(icl / "clinc150/test.jsonl") == [
+        {"text": "set a timer", "label": 32},
+        {"text": "who is the best nfl team", "label": 42},
+        {"text": "tell me about kites", "label": 42},
+    ]
     # NLU: "null" annotations dropped, slot markup removed, then HELMET's own 10% split with seed 42
     assert jsonl(icl / "nlu/test.jsonl") == [{"text": "email mom and  dad", "label": 17}]
     assert [r["text"] for r in jsonl(icl / "nlu/train.jsonl")] == [
-        "who is bill gates; really", "[weird:no space] stays", "turn off the kitchen lights",
-        "wake me up at five am this week"]
+        "who is bill gates; really",
+        "[weird:no space] stays",
+        "turn off the kitchen lights",
+        "wake me up at five am this week",
+    ]
     requests = len(Folder.requests)
     fetch.fetch_icl(tmp_path, sources=standin_sources(mirror), progress=False)  # again: nothing downloaded
     assert len(Folder.requests) == requests == 6

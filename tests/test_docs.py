@@ -18,8 +18,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- runnable offline: tests/test_docs.py runs this block -->"
 BLOCK = re.compile(re.escape(MARK) + r"\n```(bash|python)\n(.*?)\n```", re.DOTALL)
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+}
 
 
 def blocks() -> list:

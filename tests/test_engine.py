@@ -81,8 +81,13 @@ def test_decoding_after_eviction_uses_true_positions(llama, chunk_size):
     sink, window, new_tokens = 4, 8, 5
     prompt = random_prompt(80, seed=3)
     got = generate(
-        llama, prompt, StreamingLLM(sink=sink, window=window), chunk_size=chunk_size,
-        max_new_tokens=new_tokens, return_logits=True, eos_token_id=[],
+        llama,
+        prompt,
+        StreamingLLM(sink=sink, window=window),
+        chunk_size=chunk_size,
+        max_new_tokens=new_tokens,
+        return_logits=True,
+        eos_token_id=[],
     )
     ids = torch.cat([prompt, torch.tensor(got.token_ids[:-1])])
     starts = list(range(0, len(prompt), chunk_size)) + list(range(len(prompt), len(ids)))
@@ -149,13 +154,27 @@ def test_attention_arguments_kvbench_does_not_implement_are_refused():
     logits, so the model is refused by name."""
     from transformers import GptOssConfig, GptOssForCausalLM
 
-    config = GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1, head_dim=8,
-                          num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1,
-                          max_position_embeddings=256, eos_token_id=1, pad_token_id=0)
+    config = GptOssConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        head_dim=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        max_position_embeddings=256,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = GptOssForCausalLM(config).eval()
-    with pytest.raises(ValueError, match=r"model type 'gpt_oss' passes attention argument\(s\) s_aux that kvbench's "
-                                         "attention does not implement"):
+    with pytest.raises(
+        ValueError,
+        match=r"model type 'gpt_oss' passes attention argument\(s\) s_aux that kvbench's "
+        "attention does not implement",
+    ):
         generate(model, random_prompt(10, vocab=64), max_new_tokens=1)
 
 

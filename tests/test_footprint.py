@@ -31,13 +31,17 @@ def small_model():
 
 
 def case_id(case):
-    return "-".join(f"{k}{case[k]}" for k in ("prompt_len", "decode_steps", "chunk_size", "sink", "window") if k in case)
+    return "-".join(
+        f"{k}{case[k]}" for k in ("prompt_len", "decode_steps", "chunk_size", "sink", "window") if k in case
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["kind"] + "-" + case_id(c))
 def test_analytic_formula_matches_the_papers_values(case):
     extra = {k: case[k] for k in ("sink", "window", "keep", "always_keep_window", "streaming_head_share") if k in case}
-    footprint, peak = analytic_footprint(case["prompt_len"], case["decode_steps"], case["chunk_size"], case["kind"], **extra)
+    footprint, peak = analytic_footprint(
+        case["prompt_len"], case["decode_steps"], case["chunk_size"], case["kind"], **extra
+    )
     assert footprint == pytest.approx(case["footprint"], abs=1e-6)
     assert peak == pytest.approx(case["peak"], abs=1e-6)
 
@@ -47,8 +51,12 @@ def test_streamingllm_measured_footprint_equals_the_papers_formula(small_model, 
     method = StreamingLLM(sink=case["sink"], window=case["window"])
     # The last generated token is never fed back: decode steps = new tokens - 1.
     result = generate(
-        small_model, random_prompt(case["prompt_len"]), method,
-        chunk_size=case["chunk_size"], max_new_tokens=case["decode_steps"] + 1, eos_token_id=[],
+        small_model,
+        random_prompt(case["prompt_len"]),
+        method,
+        chunk_size=case["chunk_size"],
+        max_new_tokens=case["decode_steps"] + 1,
+        eos_token_id=[],
     )
     assert result.decode_steps == case["decode_steps"]
     assert result.stats.kv_footprint == pytest.approx(case["footprint"], abs=1e-6)
@@ -108,9 +116,7 @@ def test_footprint_properties(small_model, prompt_len, decode_steps, chunk_size,
     streaming = generate(small_model, prompt, StreamingLLM(sink=sink, window=window), **run).stats
     assert 0 < streaming.kv_footprint <= 1
     assert 0 < streaming.kv_peak <= 1
-    footprint, peak = analytic_footprint(
-        prompt_len, decode_steps, chunk_size, "streaming", sink=sink, window=window
-    )
+    footprint, peak = analytic_footprint(prompt_len, decode_steps, chunk_size, "streaming", sink=sink, window=window)
     assert streaming.kv_footprint == pytest.approx(footprint, abs=1e-9)
     assert streaming.kv_peak == pytest.approx(peak, abs=1e-9)
     assert streaming.kv_peak_bytes <= full.kv_peak_bytes
@@ -118,9 +124,27 @@ def test_footprint_properties(small_model, prompt_len, decode_steps, chunk_size,
 
 def test_footprint_calculator_command():
     out = subprocess.run(
-        [sys.executable, "-m", "kvbench", "footprint", "--prompt-len", "1000", "--decode-steps", "20",
-         "--chunk-size", "256", "--kind", "streaming", "--sink", "4", "--window", "64"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "kvbench",
+            "footprint",
+            "--prompt-len",
+            "1000",
+            "--decode-steps",
+            "20",
+            "--chunk-size",
+            "256",
+            "--kind",
+            "streaming",
+            "--sink",
+            "4",
+            "--window",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "0.341242" in out and "0.317647" in out
 
@@ -172,7 +196,10 @@ def test_the_allocator_peak_is_reset_per_request_and_recorded_per_device(monkeyp
     assert fake.resets == 2
     # Each request's own peak: the cache it held (a process-lifetime maximum would give the short one the long's).
     assert long.device_peak_bytes == {"fake:0": long.stats.kv_peak_bytes}
-    assert short.device_peak_bytes == {"fake:0": short.stats.kv_peak_bytes} and short.stats.kv_peak_bytes < long.stats.kv_peak_bytes / 5
+    assert (
+        short.device_peak_bytes == {"fake:0": short.stats.kv_peak_bytes}
+        and short.stats.kv_peak_bytes < long.stats.kv_peak_bytes / 5
+    )
     tally = FootprintTally()
     for generation in (long, short):
         tally.add("task", generation.stats, doc_id=0, device_peak_bytes=generation.device_peak_bytes)
@@ -189,6 +216,7 @@ def test_the_transient_peak_counts_the_double_buffer_of_an_append_and_the_copy_o
     full = generate(small_model, random_prompt(200), max_new_tokens=1, chunk_size=64)
     assert full.stats.kv_peak_bytes == 400 * per_entry
     assert full.stats.kv_transient_peak_bytes == (200 + 192 + 200) * per_entry
-    evicting = generate(small_model, random_prompt(200), StreamingLLM(sink=0, window=20), max_new_tokens=1,
-                        chunk_size=64)
+    evicting = generate(
+        small_model, random_prompt(200), StreamingLLM(sink=0, window=20), max_new_tokens=1, chunk_size=64
+    )
     assert evicting.stats.kv_transient_peak_bytes > evicting.stats.kv_peak_bytes

@@ -21,10 +21,21 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def check(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check") / "check.jsonl"
-    env = dict(os.environ, KVBENCH_GPU_CHECK_TINY="1", PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="",
-               KVBENCH_GPU_SITE=str(out.parent / "site"))
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--json", str(out), "--plant-failure"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        KVBENCH_GPU_CHECK_TINY="1",
+        PYTHON=sys.executable,
+        CUDA_VISIBLE_DEVICES="",
+        KVBENCH_GPU_SITE=str(out.parent / "site"),
+    )
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--json", str(out), "--plant-failure"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     return done, lines
 
@@ -43,8 +54,14 @@ def test_a_failing_case_costs_only_itself_and_the_script_says_so(check):
     assert [line["case"] for line in lines][-1] == "summary" and lines[-1]["failed"] == ["planted_failure"]
     others = [line for line in lines if line["case"] not in ("planted_failure", "summary")]
     assert others and all(line["status"] == "ok" for line in others)
-    assert {line["case"] for line in others} >= {"machine", "multi_gpu", "logits_vs_hf", "hf", "sliding_window",
-                                                 *KVBENCH_CASES}
+    assert {line["case"] for line in others} >= {
+        "machine",
+        "multi_gpu",
+        "logits_vs_hf",
+        "hf",
+        "sliding_window",
+        *KVBENCH_CASES,
+    }
 
 
 def test_it_runs_this_checkout_and_skips_the_multi_gpu_cases_saying_why(check):

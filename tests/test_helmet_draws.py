@@ -75,8 +75,14 @@ def icl_digest(drawn) -> tuple[list, str]:
     for (line, row), demos, mapping in drawn:
         seen = {str(demo["label"]): str(mapping[demo["label"]]) for _, demo in demos}
         seen[str(row["label"])] = str(mapping[row["label"]])
-        per.append({"line": line, "answer": str(mapping[row["label"]]), "demos": lines(demos),
-                    "map": dict(sorted(seen.items(), key=lambda kv: int(kv[0])))})
+        per.append(
+            {
+                "line": line,
+                "answer": str(mapping[row["label"]]),
+                "demos": lines(demos),
+                "map": dict(sorted(seen.items(), key=lambda kv: int(kv[0]))),
+            }
+        )
     return per, hashlib.sha256(json.dumps(per, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
 
 
@@ -85,8 +91,14 @@ def test_icl_samples_demos_and_label_mappings(root, task):
     expected = EXPECTED[task]
     call = expected["call"]
     name = expected["test_file"].split("/")[1]
-    drawn = sampling.icl_draw(rows(root, expected["train_file"]), rows(root, expected["test_file"]),
-                              sampling.ICL_NUM_LABELS[name], call["shots"], call["max_test_sample"], SEED)
+    drawn = sampling.icl_draw(
+        rows(root, expected["train_file"]),
+        rows(root, expected["test_file"]),
+        sampling.ICL_NUM_LABELS[name],
+        call["shots"],
+        call["max_test_sample"],
+        SEED,
+    )
     per, digest = icl_digest(drawn)
     assert [p["line"] for p in per] == expected["sample_lines"]
     assert per[:5] == expected["first5"]

@@ -47,19 +47,33 @@ def lm(tmp_path_factory):
 def run(lm, doc: dict, output: str, max_gen_toks: int = 40) -> str:
     """The backend's answer to `doc` when the model writes `output` (then keeps writing "x")."""
     tokenizer = lm.tokenizer
-    Scripted.script = tokenizer.encode(output, add_special_tokens=False) + tokenizer.encode("x" * 40,
-                                                                                          add_special_tokens=False)
+    Scripted.script = tokenizer.encode(output, add_special_tokens=False) + tokenizer.encode(
+        "x" * 40, add_special_tokens=False
+    )
     Scripted.prompt_tokens = len(lm.tok_encode(doc["prompt"]))
-    request = Instance("generate_until", doc, (doc["prompt"], {"until": ["\n"], "max_gen_toks": max_gen_toks}), 0,
-                       ("kvbench_test", 0, 1))
+    request = Instance(
+        "generate_until",
+        doc,
+        (doc["prompt"], {"until": ["\n"], "max_gen_toks": max_gen_toks}),
+        0,
+        ("kvbench_test", 0, 1),
+    )
     return lm.generate_until([request], disable_tqdm=True)[0]
 
 
 def doc(metric, answers, qrels=(), prefix="", stop=True) -> dict:
     template = common.Template("Read this.\n\n", "\n\nQuestion: which?\nAnswer:")
-    row = {"prompt": template("some context words"), "template": template, "answers": list(answers),
-           "qrels": list(qrels), "metric": metric, "task": "t", "length": 1024, "answer_prefix": prefix,
-           "stop_at_newline_token": stop}
+    row = {
+        "prompt": template("some context words"),
+        "template": template,
+        "answers": list(answers),
+        "qrels": list(qrels),
+        "metric": metric,
+        "task": "t",
+        "length": 1024,
+        "answer_prefix": prefix,
+        "stop_at_newline_token": stop,
+    }
     return common.to_dataset([row])["test"][0]
 
 
@@ -97,8 +111,9 @@ def test_recall_does_not_stop_at_newlines(lm):
     tokenizer = lm.tokenizer
     Scripted.script = tokenizer.encode("1234567.\nand 7654321\nx", add_special_tokens=False) + [lm.eot_token_id]
     Scripted.prompt_tokens = len(lm.tok_encode(ruler["prompt"]))
-    answer = lm.generate_until([Instance("generate_until", ruler, (ruler["prompt"], gen), 0, ("t", 0, 1))],
-                               disable_tqdm=True)[0]
+    answer = lm.generate_until(
+        [Instance("generate_until", ruler, (ruler["prompt"], gen), 0, ("t", 0, 1))], disable_tqdm=True
+    )[0]
     assert answer == "1234567.\nand 7654321\nx"  # HELMET's recall stops only at the end-of-sequence token
     assert process_results(ruler, [answer])["score"] == 1.0
 
@@ -111,17 +126,38 @@ def test_a_prompt_over_max_length_loses_context_only(lm, caplog, monkeypatch):
     while len(lm.tok_encode(template(" ".join(records)))) < 300:
         records.append(f"record {len(records)} is blue")
     prompt = template(" ".join(records))
-    long = common.to_dataset([{"prompt": prompt, "template": template, "answers": ["x"], "metric": "substring_exact_match",
-                               "task": "t", "length": 1024}])["test"][0]
+    long = common.to_dataset(
+        [
+            {
+                "prompt": prompt,
+                "template": template,
+                "answers": ["x"],
+                "metric": "substring_exact_match",
+                "task": "t",
+                "length": 1024,
+            }
+        ]
+    )["test"][0]
     seen = []
     real_generate = backend_module.generate
-    monkeypatch.setattr(backend_module, "generate", lambda model, ids, *a, **k: seen.append(ids) or real_generate(
-        model, ids, *a, **k))
+    monkeypatch.setattr(
+        backend_module, "generate", lambda model, ids, *a, **k: seen.append(ids) or real_generate(model, ids, *a, **k)
+    )
     monkeypatch.setattr(lm, "_max_length", 200)
     Scripted.script, Scripted.prompt_tokens = [], 0
     with caplog.at_level(logging.WARNING, logger="lm_eval.models.kvbench"):
-        lm.generate_until([Instance("generate_until", long, (prompt, {"until": ["\n"], "max_gen_toks": 8}), 0,
-                                    ("kvbench_some_task", 0, 1))], disable_tqdm=True)
+        lm.generate_until(
+            [
+                Instance(
+                    "generate_until",
+                    long,
+                    (prompt, {"until": ["\n"], "max_gen_toks": 8}),
+                    0,
+                    ("kvbench_some_task", 0, 1),
+                )
+            ],
+            disable_tqdm=True,
+        )
     ran = tokenizer.decode(seen[0])
     assert len(seen[0]) <= 192
     assert ran.startswith(template.prefix + "record 0 is blue") and ran.endswith(template.suffix)

@@ -25,8 +25,16 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     # Headless, no sandbox (CI runs as root), and nothing that reaches for the network.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
         options.add_argument(flag)
     from selenium.webdriver.chrome.service import Service
 
@@ -42,8 +50,13 @@ def page(tmp_path) -> str:
     curves = {"snapkv": [(0.3, 0.8), (0.5, 1.0)], "l2norm": [(0.6, 0.8), (0.8, 1.0)], "h2o": [(0.5, 0.2), (0.8, 0.5)]}
     for method, points in curves.items():
         for footprint, score in points:
-            result_file(folder / f"results_{method}{footprint}.json", method, {"keep": footprint},
-                        {"t": ("recall", score, footprint)}, samples=10)
+            result_file(
+                folder / f"results_{method}{footprint}.json",
+                method,
+                {"keep": footprint},
+                {"t": ("recall", score, footprint)},
+                samples=10,
+            )
     path = tmp_path / "board.html"
     path.write_text(leaderboard.render(score_runs(load_runs([folder])), "html", 0.9))
     return path.as_uri()
@@ -60,8 +73,10 @@ def test_the_page_renders_in_chromium_and_sorts_by_a_clicked_column(tmp_path):
 
         def column(name):
             index = headers.index(name)
-            return [row.find_elements("css selector", "td")[index].text
-                    for row in driver.find_elements("css selector", "#board tbody tr")]
+            return [
+                row.find_elements("css selector", "td")[index].text
+                for row in driver.find_elements("css selector", "#board tbody tr")
+            ]
 
         assert sorted(column("method")) == ["h2o", "l2norm", "snapkv"]
         assert set(column("critical KV footprint [interval]")) == {"40% [40]", "70% [70]", ">80% [>80]"}

@@ -31,8 +31,13 @@ print("kvbench" in model_registry, "kvbench_synth_recall" in TaskManager().all_t
 def build(kind: str, out: Path) -> Path:
     """The wheel setuptools' PEP 517/660 backend builds, as pip would ask it to."""
     hook = "build_editable" if kind == "editable" else "build_wheel"
-    done = subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.{hook}({str(out)!r}))"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.{hook}({str(out)!r}))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out / done.stdout.strip().splitlines()[-1]
 
@@ -40,8 +45,14 @@ def build(kind: str, out: Path) -> Path:
 def probe(site_dir: Path | None) -> str:
     load = f"site.addsitedir({str(site_dir)!r})" if site_dir else ""
     code = PROBE.format(packages=sysconfig.get_paths()["purelib"], load=load)
-    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT / "tests", capture_output=True, text=True,
-                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        cwd=ROOT / "tests",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.split()[-2:]
 

@@ -46,7 +46,7 @@ def test_html_is_self_contained_sortable_and_escapes_names(tmp_path):
     page = leaderboard.render(score_runs(load_runs([folder])), "html", 0.9)
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<i>cat</i>" not in page and "&lt;i&gt;cat&lt;/i&gt;" in page
-    assert 'src="data:image/png;base64,' in page and "addEventListener(\"click\"" in page
+    assert 'src="data:image/png;base64,' in page and 'addEventListener("click"' in page
 
 
 def test_cli_writes_table_and_plot_and_warns_about_bad_files(tmp_path, capsys):
@@ -68,8 +68,12 @@ def test_cli_missing_baseline_is_a_clear_error(tmp_path, capsys):
 def test_every_method_is_drawn_in_its_own_style_and_the_threshold_carries_its_value(tmp_path):
     folder = write_curve(tmp_path)
     for keep in (0.2, 0.5, 0.8):  # a second curve on exactly the first one's points: both must stay visible
-        result_file(folder / f"results_twin{keep}.json", "twin", {"keep": keep}, {"a": ("recall", 0.5, keep),
-                                                                                  "b": ("recall", 0.3, keep)})
+        result_file(
+            folder / f"results_twin{keep}.json",
+            "twin",
+            {"keep": keep},
+            {"a": ("recall", 0.5, keep), "b": ("recall", 0.3, keep)},
+        )
     fig = leaderboard.figure(score_runs(load_runs([folder])), 0.9)
     [ax] = fig.axes
     curves = [line for line in ax.get_lines() if line.get_label() in ("snapkv", "twin")]

@@ -28,8 +28,13 @@ BIN = Path(sys.executable).parent
 GEN, CHOICE = "kvbench_test_recall", "kvbench_test_choice"
 STREAMING = "method=streamingllm,sink=4,window=16,chunk_size=32"
 # One thread: on a shared 2-core machine torch's second thread mostly waits (tiny models, 40x slower).
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,21 +52,40 @@ def checkpoint(tmp_path_factory):
 
 def run_lm_eval(command: list[str], model: str, model_args: str, out: Path, *extra: str):
     """Run lm-eval's CLI (`lm_eval` or `kvbench eval`) on both test tasks; return (results JSON, samples)."""
-    args = [*command, "--model", model, "--model_args", model_args, "--tasks", f"{GEN},{CHOICE}",
-            "--include_path", str(TASKS), "--limit", "2", "--device", "cpu", "--output_path", str(out),
-            "--log_samples", *extra]
+    args = [
+        *command,
+        "--model",
+        model,
+        "--model_args",
+        model_args,
+        "--tasks",
+        f"{GEN},{CHOICE}",
+        "--include_path",
+        str(TASKS),
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        "--output_path",
+        str(out),
+        "--log_samples",
+        *extra,
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     [results] = glob.glob(str(out / "*" / "results_*.json"))
-    samples = {task: [json.loads(line) for line in open(glob.glob(str(out / "*" / f"samples_{task}_*.jsonl"))[0])]
-               for task in (GEN, CHOICE)}
+    samples = {
+        task: [json.loads(line) for line in open(glob.glob(str(out / "*" / f"samples_{task}_*.jsonl"))[0])]
+        for task in (GEN, CHOICE)
+    }
     return json.load(open(results)), samples, done.stderr
 
 
 @pytest.fixture(scope="module")
 def streaming_run(checkpoint, tmp_path_factory):
-    return run_lm_eval([str(BIN / "lm_eval")], "kvbench", f"pretrained={checkpoint},{STREAMING}",
-                       tmp_path_factory.mktemp("streaming"))
+    return run_lm_eval(
+        [str(BIN / "lm_eval")], "kvbench", f"pretrained={checkpoint},{STREAMING}", tmp_path_factory.mktemp("streaming")
+    )
 
 
 def test_lm_eval_command_reports_footprint_per_task(streaming_run):
@@ -90,9 +114,23 @@ def test_lm_eval_command_reports_footprint_per_task(streaming_run):
 def test_without_log_samples_lm_eval_still_leaves_compact_per_sample_rows_the_scorer_reads(checkpoint, tmp_path):
     from kvbench import scoring
 
-    args = [str(BIN / "lm_eval"), "--model", "kvbench", "--model_args", f"pretrained={checkpoint},{STREAMING}",
-            "--tasks", f"{GEN},{CHOICE}", "--include_path", str(TASKS), "--limit", "2", "--device", "cpu",
-            "--output_path", str(tmp_path)]
+    args = [
+        str(BIN / "lm_eval"),
+        "--model",
+        "kvbench",
+        "--model_args",
+        f"pretrained={checkpoint},{STREAMING}",
+        "--tasks",
+        f"{GEN},{CHOICE}",
+        "--include_path",
+        str(TASKS),
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        "--output_path",
+        str(tmp_path),
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     # A plain run says nothing spurious: no warning about a CUDA device nobody asked for, no git "fatal:" line
@@ -120,8 +158,15 @@ def test_task_footprint_is_the_mean_of_its_requests_measured_by_the_engine(strea
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     method = StreamingLLM(sink=4, window=16)
     generations = [
-        generate(model, tokenizer.encode(s["arguments"]["gen_args_0"]["arg_0"]), method, tokenizer=tokenizer,
-                 chunk_size=32, max_new_tokens=8, stop=["\n", ".", "</s>"])
+        generate(
+            model,
+            tokenizer.encode(s["arguments"]["gen_args_0"]["arg_0"]),
+            method,
+            tokenizer=tokenizer,
+            chunk_size=32,
+            max_new_tokens=8,
+            stop=["\n", ".", "</s>"],
+        )
         for s in samples[GEN]
     ]
     # Exact: the same computation as the lm_eval process's (one thread there by ENV, here by one_thread)
@@ -132,7 +177,7 @@ def test_task_footprint_is_the_mean_of_its_requests_measured_by_the_engine(strea
             context, continuation = arguments["arg_0"], arguments["arg_1"]
             context_ids = tokenizer.encode(context)
             whole = tokenizer.encode(context + continuation)
-            scorings.append(score_continuation(model, context_ids, whole[len(context_ids):], method, chunk_size=32))
+            scorings.append(score_continuation(model, context_ids, whole[len(context_ids) :], method, chunk_size=32))
     tasks = results["config"]["kvbench"]["tasks"]
     for task, stats in ((GEN, [g.stats for g in generations]), (CHOICE, [s.stats for s in scorings])):
         for key in ("kv_footprint", "kv_peak", "kv_peak_bytes"):
@@ -148,8 +193,12 @@ def test_plain_hf_backend_still_works_and_kvbench_eval_gives_the_same_result(
     assert set(hf["results"]) == {GEN, CHOICE} and "kvbench" not in hf["config"]
 
     results, samples, _ = streaming_run
-    again, again_samples, _ = run_lm_eval([str(BIN / "kvbench"), "eval"], "kvbench",
-                                          f"pretrained={checkpoint},{STREAMING}", tmp_path_factory.mktemp("eval"))
+    again, again_samples, _ = run_lm_eval(
+        [str(BIN / "kvbench"), "eval"],
+        "kvbench",
+        f"pretrained={checkpoint},{STREAMING}",
+        tmp_path_factory.mktemp("eval"),
+    )
     assert again["results"] == results["results"]
     for key in ("method", "method_params", "chunk_size", "tasks", "tokens"):
         assert again["config"]["kvbench"][key] == results["config"]["kvbench"][key]
@@ -198,9 +247,15 @@ def test_full_through_kvbench_answers_as_lm_evals_hf_backend(checkpoint, monkeyp
     for model, args in (("hf", f"pretrained={checkpoint}"), ("kvbench", f"pretrained={checkpoint},method=full")):
         with monkeypatch.context() as patch:
             patch.setattr(backend_module, "generate", recording)
-            out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[GEN, CHOICE], limit=3, device="cpu",
-                                          task_manager=TaskManager(include_defaults=False, include_path=str(TASKS)),
-                                          log_samples=True)
+            out = lm_eval.simple_evaluate(
+                model=model,
+                model_args=args,
+                tasks=[GEN, CHOICE],
+                limit=3,
+                device="cpu",
+                task_manager=TaskManager(include_defaults=False, include_path=str(TASKS)),
+                log_samples=True,
+            )
         answers[model] = out
     hf, kv = answers["hf"], answers["kvbench"]
     margins = [top2_margin(logits) for generation in steps for logits in generation]
@@ -239,11 +294,14 @@ def test_unknown_method_lists_the_known_ones(checkpoint):
         backend(checkpoint, method="snapkvv")
 
 
-@pytest.mark.parametrize("params, named", [
-    ({"windw": 16}, "no parameter 'windw'"),
-    ({"window": "many"}, "parameter 'window' of method 'streamingllm' must be int"),
-    ({"window": 1.5}, "parameter 'window' of method 'streamingllm' must be int"),  # lm-eval parsed "1.5"
-])
+@pytest.mark.parametrize(
+    "params, named",
+    [
+        ({"windw": 16}, "no parameter 'windw'"),
+        ({"window": "many"}, "parameter 'window' of method 'streamingllm' must be int"),
+        ({"window": 1.5}, "parameter 'window' of method 'streamingllm' must be int"),  # lm-eval parsed "1.5"
+    ],
+)
 def test_bad_method_parameter_is_named_with_the_methods_parameters(checkpoint, params, named):
     with pytest.raises(ValueError) as error:
         backend(checkpoint, method="streamingllm", **params)
@@ -257,7 +315,8 @@ def test_a_kernel_that_cannot_run_is_refused_at_load_and_the_one_that_runs_is_re
         backend(checkpoint, attn="flash")
     lm = backend(checkpoint)
     assert lm.get_model_info()["kvbench"]["attention_kernel"] == {
-        "full attention": "cpu-fused (aten._scaled_dot_product_flash_attention_for_cpu)"}
+        "full attention": "cpu-fused (aten._scaled_dot_product_flash_attention_for_cpu)"
+    }
 
 
 @pytest.fixture
@@ -288,7 +347,7 @@ def test_long_prompt_is_left_truncated_with_a_warning_saying_how_much(checkpoint
     context = prompt.rstrip()  # lm-eval moves a context's trailing spaces into the continuation
     [(logprob, _)] = lm.loglikelihood([instance("loglikelihood", (context, " 17."))])
     whole = lm.tok_encode(context + " 17.")
-    continuation = whole[len(lm.tok_encode(context)):]
+    continuation = whole[len(lm.tok_encode(context)) :]
     kept = whole[-65:]
     direct = score_continuation(lm.model, kept[: -len(continuation)], continuation, lm.method)
     assert logprob == pytest.approx(direct.logprob, abs=1e-5)
@@ -300,8 +359,9 @@ def test_a_larger_batch_size_is_explained_once_and_never_padded(checkpoint, back
     lines = [r.message for r in backend_log.records if "batch_size" in r.message]
     assert len(lines) == 1 and "one sequence at a time" in lines[0]
     prompts = ["The quick brown fox jumps over the lazy dog. " * k for k in (2, 6)]
-    answers = lm.generate_until([instance("generate_until", (p, {"until": ["\n"], "max_gen_toks": 4}))
-                                 for p in prompts])
+    answers = lm.generate_until(
+        [instance("generate_until", (p, {"until": ["\n"], "max_gen_toks": 4})) for p in prompts]
+    )
     # each request ran at its own length: no padding to the longest
     assert [a.footprint["tokens"] for a in answers] == [len(lm.tok_encode(p)) + 3 for p in prompts]
     assert lm.get_model_info()["kvbench"]["tasks"]["t"]["requests"] == 2
@@ -309,8 +369,10 @@ def test_a_larger_batch_size_is_explained_once_and_never_padded(checkpoint, back
 
 def test_chat_template_is_applied_as_lm_evals_hf_backend_does(checkpoint):
     lm = backend(checkpoint)
-    lm.tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}" \
-                                 "{% if add_generation_prompt %}<assistant>{% endif %}"
+    lm.tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     history = [{"role": "user", "content": "What is 2+2?"}]
     assert lm.chat_template(True) == lm.tokenizer.chat_template
     assert lm.apply_chat_template(history) == "<user>What is 2+2?\n<assistant>"
@@ -329,8 +391,10 @@ def test_interpreter_start_imports_no_kvbench_torch_or_lm_eval():
 
 
 def test_hook_registers_kvbench_after_lm_evals_own_backends(tmp_path):
-    code = ("from lm_eval.api.registry import get_model, model_registry\n"
-            "print(get_model('hf').__name__, get_model('kvbench').__name__, len(model_registry))")
+    code = (
+        "from lm_eval.api.registry import get_model, model_registry\n"
+        "print(get_model('hf').__name__, get_model('kvbench').__name__, len(model_registry))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     hf, ours, count = done.stdout.split()
@@ -344,11 +408,18 @@ def test_hook_makes_kvbench_tasks_visible_to_the_task_manager(tmp_path):
     folder = tmp_path / "kvbench" / "tasks" / "recall"
     (folder / "t.yaml").write_text((TASKS / f"{GEN}.yaml").read_text().replace(GEN, "kvbench_hook_probe"))
     (folder / "kvbench_test_data.py").write_text((TASKS / "kvbench_test_data.py").read_text())
-    code = ("from lm_eval.tasks import TaskManager\n"
-            "print('kvbench_hook_probe' in TaskManager().all_tasks, "
-            "'kvbench_hook_probe' in TaskManager(include_defaults=False, include_path=[]).all_tasks)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**ENV, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    code = (
+        "from lm_eval.tasks import TaskManager\n"
+        "print('kvbench_hook_probe' in TaskManager().all_tasks, "
+        "'kvbench_hook_probe' in TaskManager(include_defaults=False, include_path=[]).all_tasks)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**ENV, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False"]
 
@@ -356,10 +427,24 @@ def test_hook_makes_kvbench_tasks_visible_to_the_task_manager(tmp_path):
 def test_kvbench_synthetic_tasks_run_end_to_end_through_plain_lm_eval(checkpoint, tmp_path):
     """`lm_eval --model kvbench --tasks kvbench_synth`: kvbench's own tasks, found with no --include_path,
     generated offline with the model's tokenizer, each sample carrying its measured footprint."""
-    args = [str(BIN / "lm_eval"), "--model", "kvbench", "--tasks", "kvbench_synth", "--limit", "2",
-            "--model_args", f"pretrained={checkpoint},method=snapkv,keep=0.3,recent=8,obs_window=8,chunk_size=128",
-            "--metadata", json.dumps({"context_length": 1024, "num_samples": 2}),
-            "--device", "cpu", "--output_path", str(tmp_path), "--log_samples"]
+    args = [
+        str(BIN / "lm_eval"),
+        "--model",
+        "kvbench",
+        "--tasks",
+        "kvbench_synth",
+        "--limit",
+        "2",
+        "--model_args",
+        f"pretrained={checkpoint},method=snapkv,keep=0.3,recent=8,obs_window=8,chunk_size=128",
+        "--metadata",
+        json.dumps({"context_length": 1024, "num_samples": 2}),
+        "--device",
+        "cpu",
+        "--output_path",
+        str(tmp_path),
+        "--log_samples",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [results] = glob.glob(str(tmp_path / "*" / "results_*.json"))
@@ -373,7 +458,12 @@ def test_kvbench_synthetic_tasks_run_end_to_end_through_plain_lm_eval(checkpoint
         assert sum(per_sample) / 2 == pytest.approx(tallies[task]["kv_footprint"], abs=1e-9)
         # which data ran: generated, by which generator and version, seed and length
         assert results["config"]["kvbench"]["data"][task] == {
-            "data": "generated", "generator": "kvbench.data.synth", "version": 1, "seed": 42, "context_length": 1024}
+            "data": "generated",
+            "generator": "kvbench.data.synth",
+            "version": 1,
+            "seed": 42,
+            "context_length": 1024,
+        }
 
 
 def test_bundled_tiny_model_loads_by_name():
@@ -413,17 +503,30 @@ def in_process(command: str, argv: list[str], monkeypatch, capsys) -> tuple[int,
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, model_args, message",
-                         [("lm_eval", *mistake) for mistake in MISTAKES] + [("kvbench eval", *MISTAKES[0]),
-                                                                            ("kvbench eval", *MISTAKES[2])],
-                         ids=["path", "misspelt", "range", "method", "eval-path", "eval-range"])
+@pytest.mark.parametrize(
+    "command, model_args, message",
+    [("lm_eval", *mistake) for mistake in MISTAKES] + [("kvbench eval", *MISTAKES[0]), ("kvbench eval", *MISTAKES[2])],
+    ids=["path", "misspelt", "range", "method", "eval-path", "eval-range"],
+)
 def test_mistakes_are_one_line_errors(command, model_args, message, monkeypatch, capsys, tmp_path):
     """In this process (the hook's one-line errors are what is tested); tests/test_lmeval.py's real subprocesses
     below run each entry point as a user does."""
     monkeypatch.chdir(tmp_path)
-    code, stderr = in_process(command, ["--model", "kvbench", "--model_args", model_args, "--tasks",
-                                        "kvbench_synth_recall", "--metadata",
-                                        json.dumps({"context_length": 1024, "num_samples": 1})], monkeypatch, capsys)
+    code, stderr = in_process(
+        command,
+        [
+            "--model",
+            "kvbench",
+            "--model_args",
+            model_args,
+            "--tasks",
+            "kvbench_synth_recall",
+            "--metadata",
+            json.dumps({"context_length": 1024, "num_samples": 1}),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 2
     [line] = [line for line in stderr.splitlines() if line.startswith("kvbench: error:")]
     assert message in line
@@ -433,8 +536,18 @@ def test_mistakes_are_one_line_errors(command, model_args, message, monkeypatch,
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["lm_eval", "kvbench eval"])
 def test_each_entry_point_prints_a_mistake_as_one_line(command, tmp_path):
-    args = [str(BIN / command.split()[0]), *command.split()[1:], "--model", "kvbench", "--model_args", MISTAKES[2][0],
-            "--tasks", "kvbench_synth_recall", "--metadata", json.dumps({"context_length": 1024, "num_samples": 1})]
+    args = [
+        str(BIN / command.split()[0]),
+        *command.split()[1:],
+        "--model",
+        "kvbench",
+        "--model_args",
+        MISTAKES[2][0],
+        "--tasks",
+        "kvbench_synth_recall",
+        "--metadata",
+        json.dumps({"context_length": 1024, "num_samples": 1}),
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert done.returncode == 2
     [line] = [line for line in done.stderr.splitlines() if line.startswith("kvbench: error:")]

@@ -55,8 +55,9 @@ def test_post_fill_eviction_changes_the_log_likelihood_and_equals_token_by_token
     assert evicted.stats.tokens == 240 + 5
 
 
-@pytest.mark.parametrize("method", [StreamingLLM(sink=4, window=32), H2O(budget=96, recent=16)],
-                         ids=["streamingllm", "h2o-budget"])
+@pytest.mark.parametrize(
+    "method", [StreamingLLM(sink=4, window=32), H2O(budget=96, recent=16)], ids=["streamingllm", "h2o-budget"]
+)
 def test_methods_that_evict_while_decoding_score_the_continuation_token_by_token(model, method):
     continuation = CONTINUATIONS[1]
     got = score_continuation(model, CONTEXT, continuation, method, chunk_size=64)
@@ -77,8 +78,9 @@ def test_patched_scoring_tail_comes_from_the_context_alone(model, monkeypatch):
 
     monkeypatch.setattr(engine, "prefill", recording_prefill)
     for continuation in CONTINUATIONS:
-        score_continuation(model, CONTEXT, continuation, SnapKV(keep=0.1, schedule="patched", obs_window=16, recent=8),
-                           chunk_size=64)
+        score_continuation(
+            model, CONTEXT, continuation, SnapKV(keep=0.1, schedule="patched", obs_window=16, recent=8), chunk_size=64
+        )
     first, second = kept
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert first[0].shape[-1] < len(CONTEXT)  # something was evicted

@@ -42,12 +42,18 @@ def write_pattern(path: Path, rows) -> str:
 
 def run_case(model, case, method):
     return generate(
-        model, random_prompt(case["prompt_len"]), method,
-        chunk_size=case["chunk_size"], max_new_tokens=case["decode_steps"] + 1, eos_token_id=[],
+        model,
+        random_prompt(case["prompt_len"]),
+        method,
+        chunk_size=case["chunk_size"],
+        max_new_tokens=case["decode_steps"] + 1,
+        eos_token_id=[],
     ).stats
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c["kind"] == "chunked_keep"], ids=lambda c: f"{c['prompt_len']}-{c['keep']}")
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c["kind"] == "chunked_keep"], ids=lambda c: f"{c['prompt_len']}-{c['keep']}"
+)
 def test_snapkv_chunked_matches_the_papers_formula(model, case):
     method = SnapKV(keep=case["keep"], recent=case["always_keep_window"], schedule="chunked")
     stats = run_case(model, case, method)
@@ -55,7 +61,11 @@ def test_snapkv_chunked_matches_the_papers_formula(model, case):
     assert stats.kv_peak == pytest.approx(case["peak"], abs=1e-6)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c["kind"] == "head_mix"], ids=lambda c: f"{c['prompt_len']}-{c['streaming_head_share']}")
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c["kind"] == "head_mix"],
+    ids=lambda c: f"{c['prompt_len']}-{c['streaming_head_share']}",
+)
 def test_duoattention_matches_the_papers_head_mix(model, case, tmp_path):
     pattern = write_pattern(tmp_path / "gates.tsv", [[0.9, 0.2], [0.4, 0.7]])
     method = DuoAttention(
@@ -90,8 +100,15 @@ def matching_model():
     nearly position-free (huge theta, projection onto its slowest dimensions) so distance does not
     blur the match."""
     config = LlamaConfig(
-        vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, rope_theta=1e9, attn_implementation="sdpa",
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_theta=1e9,
+        attn_implementation="sdpa",
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
@@ -149,6 +166,7 @@ def test_planted_fact_lost_by_streaming_kept_by_patched_snapkv():
 
 # ---- DuoAttention at the ends of its knob ----
 
+
 def test_duoattention_all_streaming_is_streamingllm_and_none_is_full(model, tmp_path):
     pattern = write_pattern(tmp_path / "gates.tsv", [[0.9, 0.2], [0.4, 0.7]])
     prompt = random_prompt(300, seed=3)
@@ -164,8 +182,13 @@ def test_duoattention_all_streaming_is_streamingllm_and_none_is_full(model, tmp_
 
 def test_duoattention_streaming_heads_really_hold_only_sink_and_window(model, tmp_path):
     pattern = write_pattern(tmp_path / "gates.tsv", [[0.9, 0.2], [0.4, 0.7]])
-    stats = generate(model, random_prompt(400), DuoAttention(pattern=pattern, head_sparsity=0.5, sink=8, window=32),
-                     chunk_size=400, max_new_tokens=1).stats
+    stats = generate(
+        model,
+        random_prompt(400),
+        DuoAttention(pattern=pattern, head_sparsity=0.5, sink=8, window=32),
+        chunk_size=400,
+        max_new_tokens=1,
+    ).stats
     shape = ModelShape.from_config(model.config)
     per_entry = 2 * shape.head_dim * 4
     assert stats.kv_peak_bytes == stats.kv_entries * per_entry
@@ -175,6 +198,7 @@ def test_duoattention_streaming_heads_really_hold_only_sink_and_window(model, tm
 
 
 # ---- quantized storage ----
+
 
 @pytest.mark.parametrize("bits, low, high", [(8, 0.5, 0.55), (4, 0.25, 0.3)])
 def test_quantized_kv_shrinks_bytes_and_changes_logits_slightly(bits, low, high):
@@ -211,6 +235,7 @@ def test_quantization_combines_with_eviction():
 
 
 # ---- every method through the conformance kit ----
+
 
 def conformance_params(tmp_path) -> dict[str, list[dict]]:
     pattern = write_pattern(tmp_path / "pattern.tsv", [[0.9, 0.1], [0.2, 0.8], [0.6, 0.3]])  # the kit's 3 layers
@@ -253,9 +278,19 @@ def test_snapkv_scores_a_chunk_as_the_reference_does(schedule):
     held = past + new + tail
     keys, values = torch.randn(heads, held, dim) * 2, torch.randn(heads, held, dim)
     queries = torch.randn(heads, per_head, new + tail, dim) * 2
-    view = KeepView(layer=0, group=0, heads=[0, 1], phase=Phase(False, 1, 3),
-                    positions=torch.arange(held).expand(heads, -1), keys=keys, values=values, queries=queries,
-                    num_new=new, scaling=dim**-0.5, num_scoring=tail)
+    view = KeepView(
+        layer=0,
+        group=0,
+        heads=[0, 1],
+        phase=Phase(False, 1, 3),
+        positions=torch.arange(held).expand(heads, -1),
+        keys=keys,
+        values=values,
+        queries=queries,
+        num_new=new,
+        scaling=dim**-0.5,
+        num_scoring=tail,
+    )
     method = SnapKV(keep=0.25, recent=window, obs_window=window, schedule=schedule)
     kept = method.select(view)
 
@@ -343,6 +378,7 @@ def test_l2norm_leaves_the_first_skip_layers_whole(model):
 
 # ---- bad input ----
 
+
 @pytest.mark.parametrize(
     "name, params, message",
     [
@@ -396,10 +432,18 @@ def test_attention_scores_hold_at_most_their_memory_budget_and_give_the_same_sco
 
     torch.manual_seed(0)
     heads, per_head, held, new = 2, 2, 300, 120
-    view = KeepView(layer=0, group=0, heads=[0, 1], phase=Phase(False, 1, 3),
-                    positions=torch.arange(held).expand(heads, -1), keys=torch.randn(heads, held, 8),
-                    values=torch.randn(heads, held, 8), queries=torch.randn(heads, per_head, new, 8), num_new=new,
-                    scaling=8**-0.5)
+    view = KeepView(
+        layer=0,
+        group=0,
+        heads=[0, 1],
+        phase=Phase(False, 1, 3),
+        positions=torch.arange(held).expand(heads, -1),
+        keys=torch.randn(heads, held, 8),
+        values=torch.randn(heads, held, 8),
+        queries=torch.randn(heads, per_head, new, 8),
+        num_new=new,
+        scaling=8**-0.5,
+    )
     default = view.attention_scores()
     sizes = []
     einsum = torch.einsum

@@ -57,6 +57,7 @@ def test_ndcg_at_10_hand_worked():
 def helmet_ndcg_at_10(ranking: list[str], qrels: dict[str, int]) -> float:
     """The definition HELMET's trec_eval call applies, written out: rank i (from 1) of the run earns its label
     (0 for an id the labels lack) over log2(i + 1), down to rank 10; the ideal ranks the labels."""
+
     def dcg(gains):
         return sum(g / math.log2(i + 2) for i, g in enumerate(gains[:10]))
 
@@ -68,7 +69,11 @@ NDCG_QRELS = {"1": 3, "2": 2, "3": 1, "4": 0, "5": 0}
 NDCG_TABLE = [  # output, the run trec_eval sees (after HELMET's parsing), the value by hand
     ("ID1 > ID2 > ID3 > ID4", ["1", "2", "3", "4"], 1.0),
     # an unknown id takes rank 1 and earns nothing: 3/log2(3) + 2/2 + 1/log2(5) over the ideal 3 + 2/log2(3) + 1/2
-    ("[9] > [1] > [2] > [3]", ["9", "1", "2", "3"], (3 / math.log2(3) + 1 + 1 / math.log2(5)) / (3 + 2 / math.log2(3) + 0.5)),
+    (
+        "[9] > [1] > [2] > [3]",
+        ["9", "1", "2", "3"],
+        (3 / math.log2(3) + 1 + 1 / math.log2(5)) / (3 + 2 / math.log2(3) + 0.5),
+    ),
     # a repeated id counts at its first place: the run is 2, 1, 3
     ("2 > 1 > 2 > 3 > 1", ["2", "1", "3"], (2 + 3 / math.log2(3) + 0.5) / (3 + 2 / math.log2(3) + 0.5)),
     # ten unknown ids push every labelled one below rank 10

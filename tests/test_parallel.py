@@ -22,8 +22,13 @@ from kvbench.methods.snapkv import SnapKV
 
 TASKS = Path(__file__).parent / "data" / "lmeval_tasks"
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +38,20 @@ def checkpoint(tmp_path_factory):
 
 def lm_eval(launcher: list[str], checkpoint, out: Path, *selection: str) -> dict:
     # 3 documents per task: two processes get 2 and 1, and lm-eval pads the second with a copy of its last request.
-    args = [*launcher, "--model", "kvbench", "--model_args",
-            f"pretrained={checkpoint},method=snapkv,keep=0.3,recent=4,obs_window=4,chunk_size=16",
-            "--tasks", "kvbench_test_recall,kvbench_test_choice", "--include_path", str(TASKS),
-            *(selection or ("--limit", "3")), "--output_path", str(out)]
+    args = [
+        *launcher,
+        "--model",
+        "kvbench",
+        "--model_args",
+        f"pretrained={checkpoint},method=snapkv,keep=0.3,recent=4,obs_window=4,chunk_size=16",
+        "--tasks",
+        "kvbench_test_recall,kvbench_test_choice",
+        "--include_path",
+        str(TASKS),
+        *(selection or ("--limit", "3")),
+        "--output_path",
+        str(out),
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     [results] = glob.glob(str(out / "*" / "results_*.json"))
@@ -81,12 +96,19 @@ def test_a_device_map_keeps_each_layers_cache_on_its_device_and_the_footprint(ch
 
     # On CPU every device is "cpu" (transformers then places the model whole), but the map reaches from_pretrained
     # as it does on GPUs, and the cache follows each layer's device; benchmarks/gpu_check.py runs the real split.
-    layers = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.norm": "cpu",
-              "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    layers = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "cpu",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
     loads = []
     load = transformers.AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        lambda *a, **k: loads.append(k) or load(*a, **k))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(k) or load(*a, **k)
+    )
     split = KVBenchLM(pretrained=str(checkpoint), device_map=layers, max_cpu_memory="4GiB")
     whole = KVBenchLM(pretrained=str(checkpoint))
     assert loads[0]["device_map"] == layers and loads[0]["max_memory"] == {"cpu": "4GiB"}
@@ -116,22 +138,40 @@ def test_a_data_parallel_sweep_writes_what_one_process_writes(checkpoint, tmp_pa
     import yaml
 
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": [str(checkpoint)], "methods": [{"name": "full"}, {"name": "streamingllm", "params": {"sink": 4},
-                                                                     "values": [16, 64]}],
-        "tasks": ["kvbench_synth_recall"], "context_lengths": [1024], "chunk_sizes": [256],
-        "metadata": {"num_samples": 3}, "model_args": {"device": "cpu"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [str(checkpoint)],
+                "methods": [{"name": "full"}, {"name": "streamingllm", "params": {"sink": 4}, "values": [16, 64]}],
+                "tasks": ["kvbench_synth_recall"],
+                "context_lengths": [1024],
+                "chunk_sizes": [256],
+                "metadata": {"num_samples": 3},
+                "model_args": {"device": "cpu"},
+            }
+        )
+    )
     figures = {}
-    for name, launcher in (("one", [sys.executable, "-m", "kvbench.cli"]),
-                           ("two", [str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "kvbench.cli"])):
-        done = subprocess.run([*launcher, "sweep", str(config), "--out", str(tmp_path / name)], capture_output=True,
-                              text=True, env=ENV, timeout=600, cwd=tmp_path)
+    for name, launcher in (
+        ("one", [sys.executable, "-m", "kvbench.cli"]),
+        ("two", [str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "kvbench.cli"]),
+    ):
+        done = subprocess.run(
+            [*launcher, "sweep", str(config), "--out", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         figures[name] = {}
         for path in sorted((tmp_path / name).glob("*/results.json")):
             data = json.loads(path.read_text())
-            figures[name][path.parent.name] = (data["results"]["kvbench_synth_recall"]["score,none"],
-                                              data["config"]["kvbench"]["tasks"]["kvbench_synth_recall"])
+            figures[name][path.parent.name] = (
+                data["results"]["kvbench_synth_recall"]["score,none"],
+                data["config"]["kvbench"]["tasks"]["kvbench_synth_recall"],
+            )
     assert len(figures["one"]) == 3 and figures["two"].keys() == figures["one"].keys()
     for cell, (score, tally) in figures["one"].items():
         assert figures["two"][cell][0] == pytest.approx(score) and figures["two"][cell][1] == pytest.approx(tally)

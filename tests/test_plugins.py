@@ -30,6 +30,7 @@ def kvbench_command(*args, env_path=None):
 
 # ---- the example plugin, installed from plugins/ as a user would ----
 
+
 def test_installed_plugin_is_listed_with_its_source():
     rows = {row["name"]: row for row in json.loads(kvbench_command("methods", "--json").stdout)}
     assert {"full", "streamingllm", "tova"} <= set(rows)
@@ -46,6 +47,7 @@ def test_installed_plugin_passes_kvbench_check():
 
 # ---- broken plugins: warned about, the rest still loads ----
 
+
 def fake_distribution(root, name, entry_points: dict[str, str], modules: dict[str, str]):
     """A distribution on a PYTHONPATH entry: dist-info with entry points, and its modules."""
     info = root / f"{name}-0.1.dist-info"
@@ -58,7 +60,9 @@ def fake_distribution(root, name, entry_points: dict[str, str], modules: dict[st
 
 
 def test_plugin_that_fails_to_import_is_named_in_a_warning_and_others_load(tmp_path):
-    fake_distribution(tmp_path, "broken-plugin", {"broken": "broken_module"}, {"broken_module": "import no_such_module_xyz\n"})
+    fake_distribution(
+        tmp_path, "broken-plugin", {"broken": "broken_module"}, {"broken_module": "import no_such_module_xyz\n"}
+    )
     result = kvbench_command("methods", "--json", env_path=tmp_path)
     assert result.returncode == 0
     assert "kvbench plugin broken-plugin 0.1 (entry point 'broken') failed to load" in result.stderr
@@ -93,8 +97,11 @@ class SomeDistribution:
 def test_two_methods_with_one_name_is_an_error_naming_both_sources():
     manager = plugin_manager()
     manager.register(SomeDistribution, name="some-dist 2.0 (entry point 'dup')")
-    with pytest.raises(ValueError, match=r"two methods are registered as 'streamingllm': one from kvbench \(built-in\), "
-                                         r"one from some-dist 2.0 \(entry point 'dup'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"two methods are registered as 'streamingllm': one from kvbench \(built-in\), "
+        r"one from some-dist 2.0 \(entry point 'dup'\)",
+    ):
         build_registry(manager)
 
 
@@ -118,15 +125,22 @@ def test_method_lacking_the_contract_is_refused_saying_what_is_missing():
 
 # ---- unknown names and parameters ----
 
+
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown method 'snapkvv'; known methods: duoattention, full, h2o, "
-                                         r"l2norm, prulong, pyramidkv, snapkv, streamingllm, tova"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown method 'snapkvv'; known methods: duoattention, full, h2o, "
+        r"l2norm, prulong, pyramidkv, snapkv, streamingllm, tova",
+    ):
         kvbench.load_method("snapkvv")
 
 
 def test_unknown_parameter_is_named_with_the_methods_parameters():
-    with pytest.raises(ValueError, match=r"method 'streamingllm' has no parameter 'windw'; its parameters: "
-                                         r"kv_bits \(default 16\), sink \(default 128\), window \(default 1024\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"method 'streamingllm' has no parameter 'windw'; its parameters: "
+        r"kv_bits \(default 16\), sink \(default 128\), window \(default 1024\)",
+    ):
         kvbench.load_method("streamingllm", windw=3)
 
 
@@ -137,6 +151,7 @@ def test_string_parameters_are_converted_or_named_when_ill_typed():
 
 
 # ---- the conformance kit fails deliberately broken methods, readably ----
+
 
 @dataclass
 class OutOfRange(StreamingLLM):
@@ -191,17 +206,22 @@ def failures(results):
 
 
 def test_check_fails_scores_of_the_wrong_shape_under_the_patched_schedule():
-    failed = failures(run_checks(ScoresWithoutTheTail, {"schedule": "patched", "keep": 0.3, "recent": 8,
-                                                        "obs_window": 8}))
-    assert "score() must return one score per KV head and held entry, [heads, held] = [2, " in \
-        failed["every phase, chunk sizes 1/7/64/>prompt"]
+    failed = failures(
+        run_checks(ScoresWithoutTheTail, {"schedule": "patched", "keep": 0.3, "recent": 8, "obs_window": 8})
+    )
+    assert (
+        "score() must return one score per KV head and held entry, [heads, held] = [2, "
+        in failed["every phase, chunk sizes 1/7/64/>prompt"]
+    )
 
 
 def test_check_fails_a_nondeterministic_selection():
     # Noise changes which entries are kept (checked first by what the model writes, then by the entries kept).
     failed = failures(run_checks(NoisyScores, {"keep": 0.3, "recent": 8, "obs_window": 8}))
-    assert failed["deterministic"] in ("two runs generated different tokens", "two runs measured different footprints") \
-        or failed["deterministic"].startswith("two runs kept different entries")
+    assert failed["deterministic"] in (
+        "two runs generated different tokens",
+        "two runs measured different footprints",
+    ) or failed["deterministic"].startswith("two runs kept different entries")
 
 
 def test_check_fails_a_method_keeping_out_of_range_indices():

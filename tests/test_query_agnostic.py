@@ -80,25 +80,45 @@ def test_no_kept_context_entry_depends_on_the_question_when_agnostic(monkeypatch
 
 def every_builtin_setting():
     settings = conformance_params(Path(tempfile.mkdtemp()))  # its head pattern is for 3 layers of 2 KV heads
-    return [pytest.param(name, params, id=f"{name}-{i}") for name, options in settings.items()
-            for i, params in enumerate(options)]
+    return [
+        pytest.param(name, params, id=f"{name}-{i}")
+        for name, options in settings.items()
+        for i, params in enumerate(options)
+    ]
 
 
 @pytest.mark.parametrize("name, params", every_builtin_setting())
-def test_every_method_runs_query_agnostic_and_keeps_the_same_context_whatever_the_question(monkeypatch, name,
-                                                                                          params):
+def test_every_method_runs_query_agnostic_and_keeps_the_same_context_whatever_the_question(monkeypatch, name, params):
     model = tiny_model("llama", seed=5, num_hidden_layers=3)
     context = random_prompt(CONTEXT, seed=1)
-    kept = [kept_after_prefill(monkeypatch, model, torch.cat([context, random_prompt(QUESTION, seed=s)]),
-                               load_method(name, **params), CONTEXT) for s in (2, 3)]
+    kept = [
+        kept_after_prefill(
+            monkeypatch,
+            model,
+            torch.cat([context, random_prompt(QUESTION, seed=s)]),
+            load_method(name, **params),
+            CONTEXT,
+        )
+        for s in (2, 3)
+    ]
     assert context_part(kept[0][0]) == context_part(kept[1][0])
     assert all(run.stats.tokens == CONTEXT + QUESTION + run.decode_steps for _, run in kept)
 
 
 def test_full_attention_answers_the_same_in_both_modes(model):
     prompt = random_prompt(CONTEXT + QUESTION, seed=4)
-    runs = {mode: generate(model, prompt, load_method("full"), chunk_size=CHUNK, max_new_tokens=6, return_logits=True,
-                           question_start=start) for mode, start in (("aware", None), ("agnostic", CONTEXT))}
+    runs = {
+        mode: generate(
+            model,
+            prompt,
+            load_method("full"),
+            chunk_size=CHUNK,
+            max_new_tokens=6,
+            return_logits=True,
+            question_start=start,
+        )
+        for mode, start in (("aware", None), ("agnostic", CONTEXT))
+    }
     aware, agnostic = runs["aware"], runs["agnostic"]
     assert_same_greedy(agnostic.token_ids, agnostic.logits, aware.token_ids, aware.logits, atol=1e-4, rtol=1e-4)
     assert agnostic.stats.kv_footprint == pytest.approx(aware.stats.kv_footprint) == pytest.approx(1.0)
@@ -113,8 +133,15 @@ def test_streamingllm_answers_alike_in_both_modes_when_a_chunk_ends_where_the_qu
     # evicted the chunk with the context. That is the schedule's doing, not the question's.
     def run(context, query):
         prompt = random_prompt(context + QUESTION, seed=8)
-        return generate(model, prompt, load_method("streamingllm", sink=2, window=8), chunk_size=CHUNK,
-                        max_new_tokens=4, return_logits=True, question_start=context if query == "agnostic" else None)
+        return generate(
+            model,
+            prompt,
+            load_method("streamingllm", sink=2, window=8),
+            chunk_size=CHUNK,
+            max_new_tokens=4,
+            return_logits=True,
+            question_start=context if query == "agnostic" else None,
+        )
 
     aware, agnostic = run(CONTEXT, "aware"), run(CONTEXT, "agnostic")
     assert CONTEXT % CHUNK == 0
@@ -142,8 +169,10 @@ def test_several_questions_of_one_context_answer_as_separate_runs_from_one_prefi
     prefills = []
     prefill = engine.prefill
     monkeypatch.setattr(engine, "prefill", lambda *args: prefills.append(1) or prefill(*args))
-    apart = [generate(model, torch.cat([context, q]), method(), chunk_size=CHUNK, max_new_tokens=5,
-                      question_start=CONTEXT) for q in questions]
+    apart = [
+        generate(model, torch.cat([context, q]), method(), chunk_size=CHUNK, max_new_tokens=5, question_start=CONTEXT)
+        for q in questions
+    ]
     assert len(prefills) == len(questions)
     prefills.clear()
     together = generate_many(model, context, questions, method(), chunk_size=CHUNK, max_new_tokens=5)
@@ -207,8 +236,9 @@ def bundled():
 
 def run(bundled, method, query):
     model, tokenizer, prompts = bundled
-    return evaluate.evaluate(model, tokenizer, "synth_recall", method, chunk_size=TINY_CHUNK, prompts=prompts,
-                             query=query)
+    return evaluate.evaluate(
+        model, tokenizer, "synth_recall", method, chunk_size=TINY_CHUNK, prompts=prompts, query=query
+    )
 
 
 def test_patched_snapkv_keeps_the_needle_only_when_it_may_read_the_question(bundled):
@@ -238,8 +268,13 @@ def two_mode_results(folder):
     curves = {"aware": {0.1: 0.95, 0.3: 1.0}, "agnostic": {0.1: 0.2, 0.3: 0.5, 0.6: 0.95}}
     for query, points in curves.items():
         for keep, score in points.items():
-            path = result_file(folder / f"results_snap-{query}-{keep}.json", "snapkv", {"keep": keep},
-                               {"a": ("recall", score, keep)}, samples=10)
+            path = result_file(
+                folder / f"results_snap-{query}-{keep}.json",
+                "snapkv",
+                {"keep": keep},
+                {"a": ("recall", score, keep)},
+                samples=10,
+            )
             data = json.loads(path.read_text())
             data["config"]["kvbench"]["query"] = query
             path.write_text(json.dumps(data))
@@ -280,9 +315,11 @@ def test_thresholds_rank_each_method_among_the_runs_of_its_mode(tmp_path):
 def test_a_query_agnostic_full_is_the_baseline_when_no_aware_one_ran(tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()
-    for name, method, params, score, query in (("full", "full", {}, 0.8, "agnostic"),
-                                               ("s1", "snapkv", {"keep": 0.2}, 0.4, "agnostic"),
-                                               ("s2", "snapkv", {"keep": 0.5}, 0.8, "agnostic")):
+    for name, method, params, score, query in (
+        ("full", "full", {}, 0.8, "agnostic"),
+        ("s1", "snapkv", {"keep": 0.2}, 0.4, "agnostic"),
+        ("s2", "snapkv", {"keep": 0.5}, 0.8, "agnostic"),
+    ):
         footprint = params.get("keep", 1.0)
         path = result_file(folder / f"results_{name}.json", method, params, {"a": ("recall", score, footprint)})
         data = json.loads(path.read_text())
@@ -302,8 +339,16 @@ def test_a_query_agnostic_full_is_the_baseline_when_no_aware_one_ran(tmp_path):
 def backend(bundled):
     from kvbench.lmeval.backend import KVBenchLM
 
-    return KVBenchLM(pretrained="kvbench-tiny", method="snapkv", keep="0.05", schedule="patched", recent="16",
-                     obs_window="16", chunk_size=256, query="agnostic")
+    return KVBenchLM(
+        pretrained="kvbench-tiny",
+        method="snapkv",
+        keep="0.05",
+        schedule="patched",
+        recent="16",
+        obs_window="16",
+        chunk_size=256,
+        query="agnostic",
+    )
 
 
 def multi_question_run(backend, monkeypatch, query):
@@ -320,8 +365,13 @@ def multi_question_run(backend, monkeypatch, query):
     backend.query, backend.tally = query, FootprintTally()
     backend.method = load_method("snapkv", keep=0.1, schedule="patched", recent=16, obs_window=16)
     metadata = {"context_length": 1024, "num_samples": 2, "num_questions": 3, "pretrained": "kvbench-tiny"}
-    out = lm_eval.simple_evaluate(model=backend, tasks=["kvbench_synth_recall_multi"], log_samples=True,
-                                  task_manager=TaskManager(metadata=metadata), metadata=metadata)
+    out = lm_eval.simple_evaluate(
+        model=backend,
+        tasks=["kvbench_synth_recall_multi"],
+        log_samples=True,
+        task_manager=TaskManager(metadata=metadata),
+        metadata=metadata,
+    )
     return out, prefills
 
 
@@ -344,12 +394,18 @@ def test_agnostic_refuses_what_has_no_context_boundary(backend):
     from lm_eval.api.instance import Instance
 
     backend.query = "agnostic"
-    plain = Instance("generate_until", doc={}, arguments=("Key: abcd\nValue:", {"until": ["\n"], "max_gen_toks": 4}),
-                     idx=0, metadata=("some_task", 0, 1))
+    plain = Instance(
+        "generate_until",
+        doc={},
+        arguments=("Key: abcd\nValue:", {"until": ["\n"], "max_gen_toks": 4}),
+        idx=0,
+        metadata=("some_task", 0, 1),
+    )
     with pytest.raises(ValueError, match="some_task: query=agnostic needs to know where each prompt's context ends"):
         backend.generate_until([plain])
-    scored = Instance("loglikelihood", doc={}, arguments=("Key: abcd\nValue:", " 1234"), idx=0,
-                      metadata=("choice_task", 0, 1))
+    scored = Instance(
+        "loglikelihood", doc={}, arguments=("Key: abcd\nValue:", " 1234"), idx=0, metadata=("choice_task", 0, 1)
+    )
     with pytest.raises(ValueError, match="choice_task: query=agnostic runs generate_until tasks"):
         backend.loglikelihood([scored])
 
@@ -367,21 +423,39 @@ def test_query_modes_are_a_sweep_axis_and_aware_cells_keep_their_folders(tmp_pat
     from kvbench.sweep import Cell, cells, load_config
 
     path = tmp_path / "sweep.yaml"
-    config = {"models": ["kvbench-tiny"], "methods": [{"name": "snapkv", "params": {"schedule": "patched"},
-                                                       "values": [0.1]}],
-              "tasks": ["kvbench_synth_recall"], "context_lengths": [1024], "chunk_sizes": [256],
-              "metadata": {"num_samples": 4}, "model_args": {"device": "cpu"}, "query_modes": ["aware", "agnostic"]}
+    config = {
+        "models": ["kvbench-tiny"],
+        "methods": [{"name": "snapkv", "params": {"schedule": "patched"}, "values": [0.1]}],
+        "tasks": ["kvbench_synth_recall"],
+        "context_lengths": [1024],
+        "chunk_sizes": [256],
+        "metadata": {"num_samples": 4},
+        "model_args": {"device": "cpu"},
+        "query_modes": ["aware", "agnostic"],
+    }
     path.write_text(yaml.safe_dump(config))
     aware, agnostic = cells(load_config(path))
     assert (aware.query, agnostic.query) == ("aware", "agnostic")
     # The folder kvbench 0.1.0 gave this cell before query modes existed: a resumed sweep finds it.
     assert aware.key == "88ff34e8bc3c4aa1" and agnostic.key != aware.key
-    assert aware == Cell("kvbench-tiny", "snapkv", {"keep": 0.1, "schedule": "patched"}, "kvbench_synth_recall", 1024,
-                         256, {"num_samples": 4}, {"device": "cpu"}, None, "keep")
+    assert aware == Cell(
+        "kvbench-tiny",
+        "snapkv",
+        {"keep": 0.1, "schedule": "patched"},
+        "kvbench_synth_recall",
+        1024,
+        256,
+        {"num_samples": 4},
+        {"device": "cpu"},
+        None,
+        "keep",
+    )
     assert "query=agnostic" in agnostic.lm_eval_command(tmp_path) and "query=" not in aware.lm_eval_command(tmp_path)
     assert agnostic.describe().endswith("query=agnostic")
-    for bad, message in (({"query_modes": ["agnostik"]}, "'query_modes' must be a non-empty list of aware, agnostic"),
-                         ({"model_args": {"query": "agnostic"}}, "give the query mode as query_modes")):
+    for bad, message in (
+        ({"query_modes": ["agnostik"]}, "'query_modes' must be a non-empty list of aware, agnostic"),
+        ({"model_args": {"query": "agnostic"}}, "give the query mode as query_modes"),
+    ):
         path.write_text(yaml.safe_dump({**config, **bad}))
         with pytest.raises(ValueError, match=message):
             load_config(path)

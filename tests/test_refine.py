@@ -27,8 +27,17 @@ def board_for(tmp_path, per_sample):
     for task in ("a", "b"):
         sweep_cell(tmp_path, "full", {}, task, "recall", 1.0, 1.0, samples=20)
         for keep, scores in per_sample.items():
-            path = sweep_cell(tmp_path, "snapkv", {"keep": keep}, task, "recall", sum(scores) / len(scores), keep,
-                              "keep", samples=scores)
+            path = sweep_cell(
+                tmp_path,
+                "snapkv",
+                {"keep": keep},
+                task,
+                "recall",
+                sum(scores) / len(scores),
+                keep,
+                "keep",
+                samples=scores,
+            )
             known[path] = cell(task, keep)
     return scoring.score_runs(scoring.load_runs([tmp_path]), replicates=500), known
 
@@ -61,11 +70,19 @@ def test_a_censored_curve_gets_nothing(tmp_path):
 @pytest.mark.slow
 def test_refine_runs_ordinary_resumable_cells_on_the_bundled_model(tmp_path):
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": ["kvbench-tiny"],
-        "methods": [{"name": "full"}, {"name": "streamingllm", "params": {"sink": 4}, "values": [512, 1024]}],
-        "tasks": ["kvbench_synth_recall"], "context_lengths": [1024], "chunk_sizes": [256],
-        "metadata": {"num_samples": 6}, "model_args": {"device": "cpu"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["kvbench-tiny"],
+                "methods": [{"name": "full"}, {"name": "streamingllm", "params": {"sink": 4}, "values": [512, 1024]}],
+                "tasks": ["kvbench_synth_recall"],
+                "context_lengths": [1024],
+                "chunk_sizes": [256],
+                "metadata": {"num_samples": 6},
+                "model_args": {"device": "cpu"},
+            }
+        )
+    )
     out = tmp_path / "out"
     from kvbench.sweep import run_sweep
 
@@ -74,7 +91,9 @@ def test_refine_runs_ordinary_resumable_cells_on_the_bundled_model(tmp_path):
     [new] = added
     # 1 of 3 needles found with a window of 512 (at 1K tokens), all with 1024: the crossing lies between them
     assert new.params == {"sink": 4, "window": 768} and new.knob == "window"
-    assert (new.folder(out) / "results.json").is_file() and (new.folder(out) / "samples_kvbench_synth_recall.jsonl").is_file()
+    assert (new.folder(out) / "results.json").is_file() and (
+        new.folder(out) / "samples_kvbench_synth_recall.jsonl"
+    ).is_file()
     assert yaml.safe_load((out / "refined.yaml").read_text()) == [new.as_dict()]
     record = json.loads((new.folder(out) / "results.json").read_text())["config"]["kvbench_sweep"]
     assert record["params"]["window"] == 768 and record["knob"] == "window"
@@ -92,15 +111,24 @@ def test_a_curve_that_stops_moving_is_left_alone(tmp_path, monkeypatch):
     import kvbench.sweep as sweep
 
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": ["m"], "methods": [{"name": "full"}, {"name": "snapkv", "values": [0.2, 0.5]}], "tasks": ["a"],
-        "context_lengths": [1024], "chunk_sizes": [64]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["m"],
+                "methods": [{"name": "full"}, {"name": "snapkv", "values": [0.2, 0.5]}],
+                "tasks": ["a"],
+                "context_lengths": [1024],
+                "chunk_sizes": [64],
+            }
+        )
+    )
     out = tmp_path / "out"
 
     def write(cell, score, footprint):
         cell.folder(out).mkdir(parents=True)
-        result_file(cell.folder(out) / "results.json", cell.method, cell.params, {"a": ("recall", score, footprint)},
-                    samples=20)
+        result_file(
+            cell.folder(out) / "results.json", cell.method, cell.params, {"a": ("recall", score, footprint)}, samples=20
+        )
 
     for cell in cells(load_config(config)):
         score, footprint = {None: (1.0, 1.0), 0.2: (0.0, 0.2), 0.5: (1.0, 0.5)}[cell.params.get("keep")]

@@ -80,12 +80,25 @@ def result_file(path, method, params, tasks, model="m", chunk=64, context_length
             rows = [{"doc_id": i, "filter": "none", "score": v, "kv_footprint": f} for i, v in enumerate(scores)]
             samples_path(path, t).write_text("".join(json.dumps(row) + "\n" for row in rows))
     data = {
-        "results": {t: {"alias": t, "score,none": s, "score_stderr,none": 0.0, "kv_footprint,none": f}
-                    for t, (_, s, f) in tasks.items()},
-        "configs": {t: {"metadata": {"category": c, "context_length": context_length}} for t, (c, _, _) in tasks.items()},
-        "config": {"kvbench": {"model": model, "method": method, "method_params": params, "chunk_size": chunk,
-                               "tasks": {t: {"kv_footprint": f, "kv_peak": f, "kv_peak_bytes": 1000 * f, "requests": 2}
-                                         for t, (_, _, f) in tasks.items()}}},
+        "results": {
+            t: {"alias": t, "score,none": s, "score_stderr,none": 0.0, "kv_footprint,none": f}
+            for t, (_, s, f) in tasks.items()
+        },
+        "configs": {
+            t: {"metadata": {"category": c, "context_length": context_length}} for t, (c, _, _) in tasks.items()
+        },
+        "config": {
+            "kvbench": {
+                "model": model,
+                "method": method,
+                "method_params": params,
+                "chunk_size": chunk,
+                "tasks": {
+                    t: {"kv_footprint": f, "kv_peak": f, "kv_peak_bytes": 1000 * f, "requests": 2}
+                    for t, (_, _, f) in tasks.items()
+                },
+            }
+        },
     }
     path.write_text(json.dumps(data))
     return path
@@ -95,11 +108,23 @@ def write_curve(tmp_path, model="m", chunk=64, with_full=True):
     folder = tmp_path / f"{model}-{chunk}"
     folder.mkdir()
     if with_full:
-        result_file(folder / "results_full.json", "full", {}, {"a": ("recall", 1.0, 1.0), "b": ("recall", 0.8, 1.0)},
-                    model, chunk)
+        result_file(
+            folder / "results_full.json",
+            "full",
+            {},
+            {"a": ("recall", 1.0, 1.0), "b": ("recall", 0.8, 1.0)},
+            model,
+            chunk,
+        )
     for keep, (sa, sb) in {0.2: (0.5, 0.3), 0.5: (0.9, 0.7), 0.8: (1.0, 0.8)}.items():
-        result_file(folder / f"results_snap{keep}.json", "snapkv", {"keep": keep, "recent": 64},
-                    {"a": ("recall", sa, keep), "b": ("recall", sb, keep)}, model, chunk)
+        result_file(
+            folder / f"results_snap{keep}.json",
+            "snapkv",
+            {"keep": keep, "recent": 64},
+            {"a": ("recall", sa, keep), "b": ("recall", sb, keep)},
+            model,
+            chunk,
+        )
     return folder
 
 
@@ -114,8 +139,9 @@ def test_category_score_is_the_mean_of_its_tasks_and_full_is_the_baseline(tmp_pa
 
 
 def test_groups_by_model_and_chunk_size(tmp_path):
-    boards = score_runs(load_runs([write_curve(tmp_path, "m", 64), write_curve(tmp_path, "m", 128),
-                                   write_curve(tmp_path, "other", 64)]))
+    boards = score_runs(
+        load_runs([write_curve(tmp_path, "m", 64), write_curve(tmp_path, "m", 128), write_curve(tmp_path, "other", 64)])
+    )
     assert [(b.model, b.chunk_size) for b in boards] == [("m", 128), ("m", 64), ("other", 64)]
 
 
@@ -159,8 +185,12 @@ def test_tasks_outside_kvbench_are_mapped_to_categories_by_flag(tmp_path):
 def test_variants_of_a_method_are_separate_curves(tmp_path):
     folder = write_curve(tmp_path)
     for keep in (0.2, 0.8):
-        result_file(folder / f"results_patched{keep}.json", "snapkv", {"keep": keep, "recent": 32},
-                    {"a": ("recall", 1.0, keep), "b": ("recall", 1.0, keep)})
+        result_file(
+            folder / f"results_patched{keep}.json",
+            "snapkv",
+            {"keep": keep, "recent": 32},
+            {"a": ("recall", 1.0, keep), "b": ("recall", 1.0, keep)},
+        )
     [board] = score_runs(load_runs([folder]))
     assert set(board.categories["recall"].critical) == {"snapkv (recent=64)", "snapkv (recent=32)"}
     assert str(board.categories["recall"].critical["snapkv (recent=32)"]) == "<20%"
@@ -174,8 +204,15 @@ def sweep_cell(out, method, params, task, category, score, footprint, knob=None,
     key = f"{abs(hash((method, repr(sorted(params.items())), task, chunk))):016x}"[:16]
     folder = out / f"{method}-{key}"
     folder.mkdir(parents=True)
-    path = result_file(folder / "results.json", method, params, {task: (category, score, footprint)}, model, chunk,
-                       samples=None if samples is None else samples if isinstance(samples, int) else {task: samples})
+    path = result_file(
+        folder / "results.json",
+        method,
+        params,
+        {task: (category, score, footprint)},
+        model,
+        chunk,
+        samples=None if samples is None else samples if isinstance(samples, int) else {task: samples},
+    )
     data = json.loads(path.read_text())
     data["config"]["kvbench_sweep"] = {"method": method, "params": params, "task": task, "knob": knob, "key": key}
     path.write_text(json.dumps(data))
@@ -245,8 +282,9 @@ def test_a_sweep_over_budget_is_one_curve_beside_the_keep_curve(tmp_path):
     defaults = {"recent": 64, "obs_window": 64, "kernel": 5, "schedule": "chunked", "kv_bits": 16}
     sweep_cell(out, "full", {}, "A", "recall", 1.0, 1.0)
     for budget, score in ((128, 0.5), (512, 0.8), (2048, 1.0)):
-        sweep_cell(out, "snapkv", {**defaults, "keep": None, "budget": budget}, "A", "recall", score,
-                   budget / 4096, "budget")
+        sweep_cell(
+            out, "snapkv", {**defaults, "keep": None, "budget": budget}, "A", "recall", score, budget / 4096, "budget"
+        )
     [board] = score_runs(load_runs([out]))
     assert set(board.categories["recall"].critical) == {"snapkv"}  # one curve, not three labelled by budget
     # (0.125, 0.8) to (0.5, 1.0) meets 0.9 half-way
@@ -262,8 +300,12 @@ def test_plain_lm_eval_runs_without_a_record_take_the_one_varying_parameter_as_t
     folder.mkdir()
     result_file(folder / "results_full.json", "full", {}, {"a": ("recall", 1.0, 1.0)})
     for budget, score in ((100, 0.5), (400, 1.0)):
-        result_file(folder / f"results_{budget}.json", "snapkv", {"budget": budget, "keep": None},
-                    {"a": ("recall", score, budget / 1000)})
+        result_file(
+            folder / f"results_{budget}.json",
+            "snapkv",
+            {"budget": budget, "keep": None},
+            {"a": ("recall", score, budget / 1000)},
+        )
     [board] = score_runs(load_runs([folder]))
     assert set(board.categories["recall"].critical) == {"snapkv"}
 

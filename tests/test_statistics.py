@@ -18,21 +18,29 @@ def replicate_crossings(values, low=0.1, high=0.9) -> statistics.Crossings:
     """Crossings whose replicates are `values` (finite: crossings; -inf: "<"; +inf: ">") on a curve tried from
     `low` to `high`."""
     values = np.asarray(values, dtype=float)
-    return statistics.Crossings(values, np.where(np.isposinf(values), high, values),
-                                np.where(np.isneginf(values), low, values), np.zeros(len(values), int),
-                                np.zeros(len(values)), np.zeros((len(values), 1), int))
+    return statistics.Crossings(
+        values,
+        np.where(np.isposinf(values), high, values),
+        np.where(np.isneginf(values), low, values),
+        np.zeros(len(values), int),
+        np.zeros(len(values)),
+        np.zeros((len(values), 1), int),
+    )
 
 
 # ---- one crossing for the point estimate and every replicate ----
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.floats(0.01, 1.0), st.floats(0.0, 1.0)), min_size=1, max_size=8, unique_by=lambda p: p[0]),
-       st.floats(0.05, 1.0))
+@given(
+    st.lists(st.tuples(st.floats(0.01, 1.0), st.floats(0.0, 1.0)), min_size=1, max_size=8, unique_by=lambda p: p[0]),
+    st.floats(0.05, 1.0),
+)
 def test_vectorised_crossings_equal_the_point_estimate(points, target):
     expected = critical_footprint(points, target)
-    found = statistics.crossings(np.array([[x for x, _ in points]] * 3), np.array([[y for _, y in points]] * 3),
-                                 np.full(3, target))
+    found = statistics.crossings(
+        np.array([[x for x, _ in points]] * 3), np.array([[y for _, y in points]] * 3), np.full(3, target)
+    )
     assert set(found.marks) == {expected.mark}
     if expected.mark == "":
         assert np.all(found.value == expected.value)
@@ -45,8 +53,9 @@ def test_vectorised_crossings_equal_the_point_estimate(points, target):
 
 def test_crossings_sort_each_replicate_by_its_own_footprints():
     # the same three points, listed in another order in the second replicate
-    found = statistics.crossings(np.array([[0.2, 0.4, 0.6], [0.6, 0.2, 0.4]]),
-                                 np.array([[0.8, 1.0, 1.0], [1.0, 0.8, 1.0]]), np.array([0.9, 0.9]))
+    found = statistics.crossings(
+        np.array([[0.2, 0.4, 0.6], [0.6, 0.2, 0.4]]), np.array([[0.8, 1.0, 1.0], [1.0, 0.8, 1.0]]), np.array([0.9, 0.9])
+    )
     assert found.value == pytest.approx([0.3, 0.3])
 
 
@@ -54,8 +63,9 @@ def test_crossings_sort_each_replicate_by_its_own_footprints():
 
 
 def test_open_ends_are_infinite_null_in_json_and_named_in_text():
-    both = statistics.percentile_interval(np.array([-np.inf] * 30 + list(np.linspace(0.3, 0.5, 940)) + [np.inf] * 30),
-                                          0.95)
+    both = statistics.percentile_interval(
+        np.array([-np.inf] * 30 + list(np.linspace(0.3, 0.5, 940)) + [np.inf] * 30), 0.95
+    )
     assert np.isneginf(both.low) and np.isposinf(both.high)
     assert (both.open_low, both.open_high) == (None, None)
     assert both.text(0.31, 0.72) == "<31–>72"
@@ -85,9 +95,14 @@ def coverage_and_width(n, replications=200, replicates=2000, threshold=0.9, full
     rng = np.random.default_rng(2024)
     covered, widths = 0, []
     for replication in range(replications):
-        found = statistics.category_statistics(simulated_tasks(rng, n, curve, full, tasks),
-                                               {"m": list(range(1, len(GRID) + 1))}, threshold, replicates, 0.95,
-                                               np.random.default_rng(replication))
+        found = statistics.category_statistics(
+            simulated_tasks(rng, n, curve, full, tasks),
+            {"m": list(range(1, len(GRID) + 1))},
+            threshold,
+            replicates,
+            0.95,
+            np.random.default_rng(replication),
+        )
         interval = found.critical["m"]
         covered += interval.low <= truth <= interval.high
         widths.append(min(interval.high, GRID[-1]) - max(interval.low, GRID[0]))
@@ -111,9 +126,12 @@ def test_coverage_holds_when_a_category_has_several_tasks():
 def test_the_same_seed_gives_the_same_interval_and_the_baseline_noise_moves_the_threshold():
     curve = 0.97 / (1 + np.exp(-(GRID - 0.3) / 0.1))
     tasks = simulated_tasks(np.random.default_rng(0), 100, curve)
-    run = [statistics.category_statistics(tasks, {"m": list(range(1, 10))}, 0.9, 500, 0.95,
-                                          np.random.default_rng(np.random.SeedSequence([seed, 7])))
-           for seed in (1, 1, 2)]
+    run = [
+        statistics.category_statistics(
+            tasks, {"m": list(range(1, 10))}, 0.9, 500, 0.95, np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        )
+        for seed in (1, 1, 2)
+    ]
     assert run[0].critical == run[1].critical and run[0].critical != run[2].critical
     assert run[0].target.low < 0.9 * 0.95 * 1.0 < run[0].target.high  # full's own estimate is not exact
 
@@ -129,8 +147,9 @@ def test_a_multi_question_context_is_one_unit():
     widths = {}
     for name, units in (("contexts", np.repeat(np.arange(50), 2)), ("documents", np.arange(100))):
         task = statistics.TaskSamples(units, int(units.max()) + 1, scores, footprints)
-        found = statistics.category_statistics([task], {"m": list(range(1, 10))}, 0.9, 2000, 0.95,
-                                               np.random.default_rng(0))
+        found = statistics.category_statistics(
+            [task], {"m": list(range(1, 10))}, 0.9, 2000, 0.95, np.random.default_rng(0)
+        )
         widths[name] = found.score[5].high - found.score[5].low
     assert widths["contexts"] > 1.25 * widths["documents"]
 

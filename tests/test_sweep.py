@@ -19,8 +19,13 @@ from kvbench import leaderboard, scoring
 from kvbench.sweep import cells, load_config, run_sweep, shard
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 WINDOWS = [16, 64, 256]
 
 
@@ -28,21 +33,29 @@ WINDOWS = [16, 64, 256]
 def config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump({
-        # The bundled model: full attention finds the needles (a random model scores 0, and a baseline at chance
-        # is refused), so the leaderboard has a category to score.
-        "models": ["kvbench-tiny"],
-        "methods": [{"name": "full"}, {"name": "streamingllm", "params": {"sink": 4}, "values": WINDOWS}],
-        "tasks": ["kvbench_synth_recall"], "context_lengths": [1024], "chunk_sizes": [256],
-        "metadata": {"num_samples": 2}, "model_args": {"device": "cpu"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                # The bundled model: full attention finds the needles (a random model scores 0, and a baseline at chance
+                # is refused), so the leaderboard has a category to score.
+                "models": ["kvbench-tiny"],
+                "methods": [{"name": "full"}, {"name": "streamingllm", "params": {"sink": 4}, "values": WINDOWS}],
+                "tasks": ["kvbench_synth_recall"],
+                "context_lengths": [1024],
+                "chunk_sizes": [256],
+                "metadata": {"num_samples": 2},
+                "model_args": {"device": "cpu"},
+            }
+        )
+    )
     return path
 
 
 def test_grid_and_stable_cell_folders(config):
     grid = cells(load_config(config))
-    assert [(c.method, c.params) for c in grid] == [("full", {})] + [("streamingllm", {"sink": 4, "window": w})
-                                                                      for w in WINDOWS]
+    assert [(c.method, c.params) for c in grid] == [("full", {})] + [
+        ("streamingllm", {"sink": 4, "window": w}) for w in WINDOWS
+    ]
     assert [c.key for c in grid] == [c.key for c in cells(load_config(config))]  # stable across reads
     assert len({c.key for c in grid}) == len(grid)
 
@@ -60,7 +73,9 @@ def test_shards_split_the_grid_deterministically(config):
 def test_dry_run_prints_the_lm_eval_command_of_every_cell(config, tmp_path):
     lines = []
     run_sweep(config, tmp_path, dry_run=True, print_fn=lines.append)
-    assert len(lines) == 4 and all(line.startswith("lm_eval --model kvbench --model_args pretrained=") for line in lines)
+    assert len(lines) == 4 and all(
+        line.startswith("lm_eval --model kvbench --model_args pretrained=") for line in lines
+    )
     assert "method=streamingllm,sink=4,window=64,chunk_size=256,device=cpu" in lines[2]
     assert "--tasks kvbench_synth_recall" in lines[0] and "context_length" in lines[0]
     assert not list(tmp_path.iterdir())  # nothing run
@@ -126,8 +141,17 @@ def test_every_cell_keeps_compact_per_sample_rows_that_the_scorer_reads(uninterr
         assert samples.name == "samples_kvbench_synth_recall.jsonl"
         rows = [json.loads(line) for line in samples.read_text().splitlines()]
         assert [row["doc_id"] for row in rows] == [0, 1]
-        assert set(rows[0]) == {"doc_id", "filter", "substring_exact_match", "score", "kv_footprint", "kv_peak",
-                                "kv_peak_bytes", "tokens", "requests"}
+        assert set(rows[0]) == {
+            "doc_id",
+            "filter",
+            "substring_exact_match",
+            "score",
+            "kv_footprint",
+            "kv_peak",
+            "kv_peak_bytes",
+            "tokens",
+            "requests",
+        }
         results = json.loads((folder / "results.json").read_text())
         tally = results["config"]["kvbench"]["tasks"]["kvbench_synth_recall"]
         assert sum(r["kv_footprint"] for r in rows) / 2 == pytest.approx(tally["kv_footprint"], rel=1e-12)
@@ -177,8 +201,10 @@ def test_the_terminal_bar_keeps_count_time_and_eta_at_80_columns():
 
     from kvbench.sweep import fit_cell, progress_columns
 
-    cell = ("tiny-llama-with-a-long-name snapkv(keep=0.3,recent=64,obs_window=64,schedule=patched) "
-            "kvbench_synth_recall ctx=131072 chunk=32768")
+    cell = (
+        "tiny-llama-with-a-long-name snapkv(keep=0.3,recent=64,obs_window=64,schedule=patched) "
+        "kvbench_synth_recall ctx=131072 chunk=32768"
+    )
     for count in ("3/76", "1234/9999"):
         done, total = map(int, count.split("/"))
         with Progress(*progress_columns(), console=Console(file=io.StringIO()), auto_refresh=False) as progress:

@@ -25,8 +25,13 @@ def tasks_dir(tmp_path_factory):
     # The installed package, not the source tree (which `python -m pytest` puts first on sys.path): run
     # Python from elsewhere, as a user would, and ask importlib.resources where kvbench's tasks are.
     code = "import importlib.resources as r; print(r.files('kvbench') / 'tasks')"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path_factory.mktemp("elsewhere"),
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path_factory.mktemp("elsewhere"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     folder = Path(out)
     assert "site-packages" in str(folder), folder
     assert (folder / "recall" / "_template_yaml").is_file(), "kvbench.tasks lacks its YAMLs: reinstall kvbench"
@@ -54,9 +59,12 @@ def test_lm_eval_finds_every_task_and_group(tasks_dir, tokenizer_dir):
     names = set(manager.all_tasks)
     assert set(TASKS + SYNTH + GROUPS) <= names
 
-    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False,
-                          metadata={"pretrained": str(tokenizer_dir), "context_length": 2048, "num_samples": 2})
-    (group, subtasks), = get_task_dict(["kvbench_synth"], manager).items()
+    manager = TaskManager(
+        include_path=str(tasks_dir),
+        include_defaults=False,
+        metadata={"pretrained": str(tokenizer_dir), "context_length": 2048, "num_samples": 2},
+    )
+    ((group, subtasks),) = get_task_dict(["kvbench_synth"], manager).items()
     assert group.group_name == "kvbench_synth"
     assert sorted(subtasks) == sorted(SYNTH)
     for name, task in subtasks.items():
@@ -89,11 +97,20 @@ def test_hf_backend_runs_the_synthetic_group_without_footprint_keys(tasks_dir, t
     from lm_eval.tasks import TaskManager
 
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny")
-    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False,
-                          metadata={"pretrained": str(checkpoint), "context_length": 1024, "num_samples": 1})
-    results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={checkpoint},max_length=1024",
-                                      tasks=["kvbench_synth"], task_manager=manager, limit=1, device="cpu",
-                                      batch_size=1)["results"]
+    manager = TaskManager(
+        include_path=str(tasks_dir),
+        include_defaults=False,
+        metadata={"pretrained": str(checkpoint), "context_length": 1024, "num_samples": 1},
+    )
+    results = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={checkpoint},max_length=1024",
+        tasks=["kvbench_synth"],
+        task_manager=manager,
+        limit=1,
+        device="cpu",
+        batch_size=1,
+    )["results"]
     assert 0.0 <= results["kvbench_synth"]["score,none"] <= 1.0
     for name in SYNTH:
         assert "score,none" in results[name] and "kv_footprint,none" not in results[name]
@@ -113,8 +130,9 @@ def test_the_kvbench_group_is_the_mean_of_its_four_categories(tasks_dir, tokeniz
 
     class RanksOnly(LM):
         def generate_until(self, requests, disable_tqdm=False):
-            return [" " + r.doc["answers"][0] if r.task_name == "kvbench_msmarco_rerank" else " no idea"
-                    for r in requests]
+            return [
+                " " + r.doc["answers"][0] if r.task_name == "kvbench_msmarco_rerank" else " no idea" for r in requests
+            ]
 
         def loglikelihood(self, requests, disable_tqdm=False):
             raise NotImplementedError
@@ -123,9 +141,11 @@ def test_the_kvbench_group_is_the_mean_of_its_four_categories(tasks_dir, tokeniz
             raise NotImplementedError
 
     data = write_helmet_data(tmp_path / "helmet", lengths=(4096,), rows=1)
-    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False,
-                          metadata={"pretrained": str(tokenizer_dir), "context_length": 4096, "num_samples": 1,
-                                    "data_dir": str(data)})
+    manager = TaskManager(
+        include_path=str(tasks_dir),
+        include_defaults=False,
+        metadata={"pretrained": str(tokenizer_dir), "context_length": 4096, "num_samples": 1, "data_dir": str(data)},
+    )
     results = lm_eval.simple_evaluate(model=RanksOnly(), tasks=["kvbench"], task_manager=manager, limit=1)["results"]
     assert len([t for t in results if t in TASKS]) == 14
     assert [results[f"kvbench_{c}"]["score,none"] for c in CATEGORIES] == [0.0, 0.0, 1.0, 0.0]

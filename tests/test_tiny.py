@@ -109,11 +109,18 @@ def test_rerank_at_full_attention_beats_three_times_chance(model_and_tokenizer):
     assert result.score >= 3 * guess, (result, guess)
 
 
-def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(model_and_tokenizer, recall_prompts,
-                                                                       full_recall):
+def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(
+    model_and_tokenizer, recall_prompts, full_recall
+):
     model, tokenizer = model_and_tokenizer
-    streaming = evaluate.evaluate(model, tokenizer, "synth_recall", lambda: StreamingLLM(sink=4, window=128),
-                                  chunk_size=CHUNK, prompts=recall_prompts)
+    streaming = evaluate.evaluate(
+        model,
+        tokenizer,
+        "synth_recall",
+        lambda: StreamingLLM(sink=4, window=128),
+        chunk_size=CHUNK,
+        prompts=recall_prompts,
+    )
     # The observation window spans the question (as the demo's: the tiny model's facts are a few tokens long); a
     # 64-token one also takes in context before it, whose attention over each chunk dilutes the needle's.
     patched = lambda: SnapKV(keep=0.05, schedule="patched", recent=16, obs_window=16)  # noqa: E731
@@ -124,12 +131,19 @@ def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(model_and
     assert snapkv.score >= 0.9 * full_recall.score
 
 
-def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(model_and_tokenizer, recall_prompts,
-                                                                             full_recall):
+def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(
+    model_and_tokenizer, recall_prompts, full_recall
+):
     # The paper's "naive" chunked eviction: no chunk's own queries ask for the needle, so it is dropped.
     model, tokenizer = model_and_tokenizer
-    chunked = evaluate.evaluate(model, tokenizer, "synth_recall", lambda: SnapKV(keep=0.05, schedule="chunked"),
-                                chunk_size=CHUNK, prompts=recall_prompts)
+    chunked = evaluate.evaluate(
+        model,
+        tokenizer,
+        "synth_recall",
+        lambda: SnapKV(keep=0.05, schedule="chunked"),
+        chunk_size=CHUNK,
+        prompts=recall_prompts,
+    )
     assert chunked.score < 0.5 * full_recall.score
 
 
@@ -142,15 +156,20 @@ def test_the_quick_demo_writes_a_critical_footprint_table_and_plot_and_resumes(t
     printed = capsys.readouterr().out
     assert table in printed
     # it said first what it would do and about how long that takes here
-    assert printed.startswith("demo: 16 cells to run (16 in all: method settings x 4 tasks), 1 prompt(s) each at "
-                              "1024 tokens; about 0.6 min on a quiet 2-core CPU (measured)")
+    assert printed.startswith(
+        "demo: 16 cells to run (16 in all: method settings x 4 tasks), 1 prompt(s) each at "
+        "1024 tokens; about 0.6 min on a quiet 2-core CPU (measured)"
+    )
     assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header = next(line for line in table.splitlines() if line.startswith("| method"))
     assert header == "| method | icl | rank | rag | rank | recall | rank | rerank | rank |"
     assert "| method | icl | rag | recall | rerank |" in table  # the peaks' own table
     ranked = table[: table.index("Peak at the critical footprint")]
-    cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in ranked.splitlines()
-             if line.startswith("| ") and not line.startswith("| method")}
+    cells = {
+        line.split(" | ")[0][2:]: line.split(" | ")[1:]
+        for line in ranked.splitlines()
+        if line.startswith("| ") and not line.startswith("| method")
+    }
     assert set(cells) == {"streamingllm", "snapkv", "prulong"}  # full is the baseline, not a row
     recall = header.split(" | ").index("recall") - 1
     assert cells["streamingllm"][recall].startswith(">")  # a 32-token window loses the needle: never reaches 90%
@@ -166,13 +185,15 @@ def test_the_quick_demo_writes_a_critical_footprint_table_and_plot_and_resumes(t
 
 
 def _head_pattern_recall(model, tokenizer, prompts, method: str, pattern: str, head_sparsity: float = 0.5):
-    factory = lambda: load_method(method, pattern=pattern, head_sparsity=head_sparsity,
-                                  sink=tiny.PATTERN_SINK, window=tiny.PATTERN_WINDOW)
+    factory = lambda: load_method(
+        method, pattern=pattern, head_sparsity=head_sparsity, sink=tiny.PATTERN_SINK, window=tiny.PATTERN_WINDOW
+    )
     return evaluate.evaluate(model, tokenizer, "synth_recall", factory, chunk_size=CHUNK, prompts=prompts)
 
 
-def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(model_and_tokenizer, recall_prompts,
-                                                                               full_recall, tmp_path):
+def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(
+    model_and_tokenizer, recall_prompts, full_recall, tmp_path
+):
     """Half the heads streaming: PruLong's learned choice against every choice of two heads of four (their
     mean is what a uniformly random pattern with the same share scores on average)."""
     model, tokenizer = model_and_tokenizer

@@ -47,14 +47,25 @@ def expected(kind: str) -> list[tuple[int, int]]:
     return rows
 
 
-METHODS = {"full": Full, "streaming": lambda: StreamingLLM(sink=SINK, window=WINDOW),
-           "chunked": lambda: SnapKV(keep=KEEP, recent=RECENT, obs_window=8, schedule="chunked"),
-           "postfill": lambda: SnapKV(keep=KEEP, recent=RECENT, obs_window=8, schedule="postfill")}
+METHODS = {
+    "full": Full,
+    "streaming": lambda: StreamingLLM(sink=SINK, window=WINDOW),
+    "chunked": lambda: SnapKV(keep=KEEP, recent=RECENT, obs_window=8, schedule="chunked"),
+    "postfill": lambda: SnapKV(keep=KEEP, recent=RECENT, obs_window=8, schedule="postfill"),
+}
 
 
 def run(model, kind, trace=True):
-    return generate(model, random_prompt(PROMPT, seed=2), METHODS[kind](), chunk_size=CHUNK,
-                    max_new_tokens=DECODE + 1, eos_token_id=[], return_logits=True, trace=trace)
+    return generate(
+        model,
+        random_prompt(PROMPT, seed=2),
+        METHODS[kind](),
+        chunk_size=CHUNK,
+        max_new_tokens=DECODE + 1,
+        eos_token_id=[],
+        return_logits=True,
+        trace=trace,
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(METHODS))
@@ -72,7 +83,8 @@ def test_the_trace_follows_the_papers_accounting_step_by_step(model, kind):
     entry = 2 * 16 * 4
     assert [p["bytes"] for p in points] == [4 * after * entry for _, after in rows]
     assert [p["bytes_peak"] for p in points] == [
-        (2 * (before + new) + 2 * max(before, after)) * entry for (before, after), (_, new, _) in zip(rows, steps())]
+        (2 * (before + new) + 2 * max(before, after)) * entry for (before, after), (_, new, _) in zip(rows, steps())
+    ]
     # its area is the footprint, its maximum the peak
     tokens = result.stats.tokens
     assert sum(p["active"] for p in points) == pytest.approx(result.stats.kv_footprint * tokens * (tokens + 1) / 2)

@@ -110,8 +110,9 @@ def _dense_streaming(query, key, value, scaling, sink, window):
     n = query.shape[2]
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     visible = (j <= i) & ((j < sink) | (i - j <= window))
-    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=scaling,
-                                                            enable_gqa=True)
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=visible, scale=scaling, enable_gqa=True
+    )
 
 
 @pytest.mark.parametrize("sink,window,block", [(0, 1, 4), (2, 5, 3), (4, 16, 7), (30, 3, 8), (2, 100, 16)])
@@ -187,8 +188,11 @@ def test_synthetic_sequences_supervise_the_gold_or_the_given_answer():
     _, tokenizer = tiny.load()
     gold = next(data.synthetic_sequences(tokenizer, ("synth_recall",), 1024, seed=3))
     asked = []
-    own = next(data.synthetic_sequences(tokenizer, ("synth_recall",), 1024, seed=3,
-                                        answer_fn=lambda task, prompt: asked.append(task) or "0042"))
+    own = next(
+        data.synthetic_sequences(
+            tokenizer, ("synth_recall",), 1024, seed=3, answer_fn=lambda task, prompt: asked.append(task) or "0042"
+        )
+    )
     assert asked == ["synth_recall"]
     supervised = tokenizer.decode(own.ids[own.loss_mask])
     assert supervised == "0042\n" and torch.equal(own.ids[~own.loss_mask], gold.ids[~gold.loss_mask])
@@ -197,12 +201,15 @@ def test_synthetic_sequences_supervise_the_gold_or_the_given_answer():
     assert len(gold.ids) <= 1024
 
 
-@pytest.mark.parametrize("content,suffix,message", [
-    ('{"text": "ok"}\n{oops\n', ".jsonl", r"b\.jsonl:2: not JSON"),
-    ('{"question": "no"}\n', ".jsonl", r'b\.jsonl:1: each row needs "text", or "prompt" and "answer"'),
-    ("a,b\n", ".csv", "must be .txt or .jsonl"),
-    ("", ".txt", "no training sequence"),
-])
+@pytest.mark.parametrize(
+    "content,suffix,message",
+    [
+        ('{"text": "ok"}\n{oops\n', ".jsonl", r"b\.jsonl:2: not JSON"),
+        ('{"question": "no"}\n', ".jsonl", r'b\.jsonl:1: each row needs "text", or "prompt" and "answer"'),
+        ("a,b\n", ".csv", "must be .txt or .jsonl"),
+        ("", ".txt", "no training sequence"),
+    ],
+)
 def test_bad_training_files_are_named(tmp_path, content, suffix, message):
     path = tmp_path / f"b{suffix}"
     path.write_text(content)
@@ -237,12 +244,22 @@ def test_binary_export_keeps_the_top_scores_full_and_refuses_starved_layers(tmp_
 
 def test_export_command_writes_a_pattern_and_explains_a_refusal(tmp_path):
     patterns.write_table(torch.tensor([[0.1, 3.0], [-1.0, -3.0]]), tmp_path / "scores.tsv")
-    run = [sys.executable, "-m", "kvbench", "prulong", "export", str(tmp_path / "scores.tsv"), "--out", str(tmp_path / "p.tsv")]
+    run = [
+        sys.executable,
+        "-m",
+        "kvbench",
+        "prulong",
+        "export",
+        str(tmp_path / "scores.tsv"),
+        "--out",
+        str(tmp_path / "p.tsv"),
+    ]
     ok = subprocess.run(run + ["--export-sparsity", "0.5"], check=False, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert read_pattern(tmp_path / "p.tsv").tolist() == [[1, 1], [0, 0]]
-    refused = subprocess.run(run + ["--export-sparsity", "0.5", "--min-full-per-layer", "1"], check=False,
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        run + ["--export-sparsity", "0.5", "--min-full-per-layer", "1"], check=False, capture_output=True, text=True
+    )
     assert refused.returncode == 2 and "layer 1 (0)" in refused.stderr and "Traceback" not in refused.stderr
 
 
@@ -265,8 +282,12 @@ def _short_recall_rows(count: int, pairs: int = 12, seed: int = 0) -> list[dict]
         values = [str(rng.randint(1000, 9999)) for _ in keys]
         asked = rng.randrange(len(keys))
         listing = "\n".join(f"{k}: {v}" for k, v in zip(keys, values))
-        rows.append({"prompt": f"Find the value of the key in the list below.\n\n{listing}\n\nKey: {keys[asked]}\nValue:",
-                     "answer": values[asked]})
+        rows.append(
+            {
+                "prompt": f"Find the value of the key in the list below.\n\n{listing}\n\nKey: {keys[asked]}\nValue:",
+                "answer": values[asked],
+            }
+        )
     return rows
 
 
@@ -275,8 +296,17 @@ def test_prulong_training_on_kvbench_tiny_reaches_the_target_and_keeps_the_retri
     looks at most 17 tokens back). Trained on recall with a 16-token window, PruLong must meet the 50% target
     and rank that head first."""
     (tmp_path / "recall.jsonl").write_text("\n".join(json.dumps(r) for r in _short_recall_rows(64)))
-    settings = TrainSettings(model="kvbench-tiny", out=tmp_path / "out", data=str(tmp_path / "recall.jsonl"),
-                             steps=100, batch_size=4, sink=2, window=16, lr=0.3, log_every=5)
+    settings = TrainSettings(
+        model="kvbench-tiny",
+        out=tmp_path / "out",
+        data=str(tmp_path / "recall.jsonl"),
+        steps=100,
+        batch_size=4,
+        sink=2,
+        window=16,
+        lr=0.3,
+        log_every=5,
+    )
     result = PruLongTrainer(settings, target_sparsity=0.5).train(progress=False)
     log = result["log"]
     assert log[-1]["target"] == pytest.approx(0.5) and log[0]["target"] == 0  # warmed up
@@ -285,15 +315,28 @@ def test_prulong_training_on_kvbench_tiny_reaches_the_target_and_keeps_the_retri
     scores = read_pattern(result["scores"])
     assert scores.shape == (2, 2) and int(scores.flatten().argmax()) == 2  # (layer 1, KV head 0)
     pattern = read_pattern(result["pattern"])
-    assert int((pattern == 0).sum()) == 2 and pattern[1, 0] == 1 and torch.equal(pattern, patterns.binary_pattern(scores, 0.5))
+    assert (
+        int((pattern == 0).sum()) == 2
+        and pattern[1, 0] == 1
+        and torch.equal(pattern, patterns.binary_pattern(scores, 0.5))
+    )
     logged = [json.loads(line) for line in (tmp_path / "out" / "training_log.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == 99 and json.loads((tmp_path / "out" / "settings.json").read_text())["steps"] == 100
 
 
 def test_duo_training_on_kvbench_tiny_keeps_the_retrieval_head_gate_highest(tmp_path):
     (tmp_path / "recall.jsonl").write_text("\n".join(json.dumps(r) for r in _short_recall_rows(32)))
-    settings = TrainSettings(model="kvbench-tiny", out=tmp_path / "out", data=str(tmp_path / "recall.jsonl"),
-                             steps=40, batch_size=4, sink=2, window=16, lr=0.05, log_every=5)
+    settings = TrainSettings(
+        model="kvbench-tiny",
+        out=tmp_path / "out",
+        data=str(tmp_path / "recall.jsonl"),
+        steps=40,
+        batch_size=4,
+        sink=2,
+        window=16,
+        lr=0.05,
+        log_every=5,
+    )
     # reg is relative to the distance: streaming kvbench-tiny's recall head moves its normalised final hidden
     # states by ~1.5e-6 (mean square), so a penalty of 0.05 (DuoAttention's default for 7B models) would
     # close every gate.
@@ -310,14 +353,26 @@ def test_duo_training_on_kvbench_tiny_keeps_the_retrieval_head_gate_highest(tmp_
 def test_duo_training_reads_plain_text_and_checks_its_settings(tmp_path):
     save_tiny_checkpoint(tmp_path / "model")
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 60)
-    settings = TrainSettings(model=str(tmp_path / "model"), out=tmp_path / "duo", data=str(tmp_path / "text.txt"),
-                             seq_len=64, steps=6, batch_size=2, sink=1, window=4, lr=0.05, log_every=1)
+    settings = TrainSettings(
+        model=str(tmp_path / "model"),
+        out=tmp_path / "duo",
+        data=str(tmp_path / "text.txt"),
+        seq_len=64,
+        steps=6,
+        batch_size=2,
+        sink=1,
+        window=4,
+        lr=0.05,
+        log_every=1,
+    )
     result = DuoTrainer(settings, reg=1.0).train(progress=False)
     assert [r["step"] for r in result["log"]] == list(range(6))
     assert read_pattern(result["gates"]).max() < 1  # the penalty lowered the gates
-    for field, value, message in [("steps", 0, "steps must be a positive integer"),
-                                  ("window", 0, "window must be an integer >= 1"),
-                                  ("dtype", "fp8", "dtype must be one of")]:
+    for field, value, message in [
+        ("steps", 0, "steps must be a positive integer"),
+        ("window", 0, "window must be an integer >= 1"),
+        ("dtype", "fp8", "dtype must be one of"),
+    ]:
         with pytest.raises(ValueError, match=message):
             DuoTrainer(TrainSettings(**{**settings.__dict__, field: value}))
     with pytest.raises(ValueError, match="reg"):
@@ -329,9 +384,20 @@ def test_the_gpu_recipe_runs_on_cpu_in_bfloat16_with_gradient_checkpointing(tmp_
     sequence) through the same loop; the gates stay float32 and still get gradients."""
     save_tiny_checkpoint(tmp_path / "model")
     (tmp_path / "text.txt").write_text("Question: what is the value of key 42? Answer: 17. " * 40)
-    settings = TrainSettings(model=str(tmp_path / "model"), out=tmp_path / "out", data=str(tmp_path / "text.txt"),
-                             seq_len=80, steps=4, batch_size=2, sink=1, window=8, lr=0.5, log_every=1,
-                             dtype="bfloat16", gradient_checkpointing=True)
+    settings = TrainSettings(
+        model=str(tmp_path / "model"),
+        out=tmp_path / "out",
+        data=str(tmp_path / "text.txt"),
+        seq_len=80,
+        steps=4,
+        batch_size=2,
+        sink=1,
+        window=8,
+        lr=0.5,
+        log_every=1,
+        dtype="bfloat16",
+        gradient_checkpointing=True,
+    )
     trainer = PruLongTrainer(settings, target_sparsity=0.5, warmup_fraction=0.0)
     assert trainer.model.dtype == torch.bfloat16 and trainer.model.is_activation_checkpointing
     assert trainer.model.training  # transformers recomputes activations only in training mode

@@ -18,8 +18,7 @@ def curves(out, chunk=64):
     sweep_cell(out, "full", {}, "t", "recall", 1.0, 1.0, chunk=chunk, samples=20)
     for name, points in {"snapkv": [(0.2, 0.86), (0.5, 1.0)], "l2norm": [(0.3, 0.96), (0.6, 1.0)]}.items():
         for footprint, score in points:
-            sweep_cell(out, name, {"keep": footprint}, "t", "recall", score, footprint, "keep", chunk=chunk,
-                       samples=20)
+            sweep_cell(out, name, {"keep": footprint}, "t", "recall", score, footprint, "keep", chunk=chunk, samples=20)
 
 
 def test_the_ranking_flips_between_85_and_95_percent(tmp_path, capsys):
@@ -77,12 +76,21 @@ def test_the_memory_view_relates_measured_figures_to_the_idealised_ones(tmp_path
 
 def test_the_trace_figure_draws_each_runs_kv_held_its_area_and_its_peak(tmp_path):
     for method, held in (("full", [64, 128]), ("streamingllm", [40, 40])):
-        path = sweep_cell(tmp_path / "runs", method, {"window": 36} if method != "full" else {}, "t", "recall", 1.0,
-                          0.5)
-        points = [{"tokens": 64, "new": 64, "active": 2080.0, "held_peak": 64, "held": held[0], "bytes_peak": 1,
-                   "bytes": 1},
-                  {"tokens": 128, "new": 64, "active": 2080.0 + 64 * held[0], "held_peak": held[0] + 64,
-                   "held": held[1], "bytes_peak": 1, "bytes": 1}]
+        path = sweep_cell(
+            tmp_path / "runs", method, {"window": 36} if method != "full" else {}, "t", "recall", 1.0, 0.5
+        )
+        points = [
+            {"tokens": 64, "new": 64, "active": 2080.0, "held_peak": 64, "held": held[0], "bytes_peak": 1, "bytes": 1},
+            {
+                "tokens": 128,
+                "new": 64,
+                "active": 2080.0 + 64 * held[0],
+                "held_peak": held[0] + 64,
+                "held": held[1],
+                "bytes_peak": 1,
+                "bytes": 1,
+            },
+        ]
         row = {"doc_id": 0, "doc": {"task": "t"}, "kv_footprint": 0.5, "kv_peak": 0.8, "kv_trace": points}
         (path.parent / "samples_t.jsonl").write_text(json.dumps(row) + "\n")
     runs = views.traces([tmp_path / "runs"])

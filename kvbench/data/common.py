@@ -29,21 +29,23 @@ DEFAULT_DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
 # a longer token) and scores the whole output; the kvbench backend does the same (other backends cut at "\n").
 # context_group: documents with the same non-empty group share one context and ask different questions of it
 # (multi-question tasks); query-agnostic, the kvbench backend prefills and evicts that context once for them.
-FEATURES = datasets.Features({
-    "prompt": datasets.Value("string"),
-    "answers": datasets.Sequence(datasets.Value("string")),
-    "qrels": datasets.Sequence(datasets.Value("string")),
-    "metric": datasets.Value("string"),
-    "task": datasets.Value("string"),
-    "length": datasets.Value("int64"),
-    "context_start": datasets.Value("int64"),
-    "context_end": datasets.Value("int64"),
-    "sample_line": datasets.Value("int64"),
-    "demo_lines": datasets.Sequence(datasets.Value("int64")),
-    "answer_prefix": datasets.Value("string"),
-    "stop_at_newline_token": datasets.Value("bool"),
-    "context_group": datasets.Value("string"),
-})
+FEATURES = datasets.Features(
+    {
+        "prompt": datasets.Value("string"),
+        "answers": datasets.Sequence(datasets.Value("string")),
+        "qrels": datasets.Sequence(datasets.Value("string")),
+        "metric": datasets.Value("string"),
+        "task": datasets.Value("string"),
+        "length": datasets.Value("int64"),
+        "context_start": datasets.Value("int64"),
+        "context_end": datasets.Value("int64"),
+        "sample_line": datasets.Value("int64"),
+        "demo_lines": datasets.Sequence(datasets.Value("int64")),
+        "answer_prefix": datasets.Value("string"),
+        "stop_at_newline_token": datasets.Value("bool"),
+        "context_group": datasets.Value("string"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ def settings(settings: dict, default_samples: int = 100, lengths: tuple[int, ...
     if length < 1024:
         raise ValueError(f"{LENGTH_KEY}={length} is too short for a long-context task; use 1024 tokens or more")
     if positions is not None and length > positions:
-        raise ValueError(f"{LENGTH_KEY}={length}, but {settings.get('pretrained')} holds {positions} positions "
-                         f"(max_position_embeddings); pass --metadata '{{\"{LENGTH_KEY}\": {positions}}}' or less")
+        raise ValueError(
+            f"{LENGTH_KEY}={length}, but {settings.get('pretrained')} holds {positions} positions "
+            f"(max_position_embeddings); pass --metadata '{{\"{LENGTH_KEY}\": {positions}}}' or less"
+        )
     return Settings(
         length=length,
         seed=positive_int(settings, "seed", 42, allow_zero=True),
@@ -180,8 +184,9 @@ def fill(tokenizer, render, pieces: list[str], budget: int) -> tuple[str, int]:
     """
     overhead = count_tokens(tokenizer, render([]))
     if overhead > budget:
-        raise ValueError(f"the task's template alone needs {overhead} tokens, more than the {budget} available; "
-                         f"raise {LENGTH_KEY}")
+        raise ValueError(
+            f"the task's template alone needs {overhead} tokens, more than the {budget} available; raise {LENGTH_KEY}"
+        )
     n, used = 0, overhead
     for size in piece_lengths(tokenizer, pieces):
         if used + size + 1 > budget:  # +1: the separator between pieces
@@ -231,13 +236,24 @@ def to_dataset(rows: list[dict]) -> dict[str, datasets.Dataset]:
         prompt = row["prompt"]
         if not (prompt.startswith(template.prefix) and prompt.endswith(template.suffix)):
             raise AssertionError(f"a {row.get('task')} prompt was not rendered with its template")
-        out.append({"qrels": [], "sample_line": -1, "demo_lines": [], "answer_prefix": "",
-                    "stop_at_newline_token": False, "context_group": "", **row, "context_start": len(template.prefix),
-                    "context_end": len(prompt) - len(template.suffix)})
+        out.append(
+            {
+                "qrels": [],
+                "sample_line": -1,
+                "demo_lines": [],
+                "answer_prefix": "",
+                "stop_at_newline_token": False,
+                "context_group": "",
+                **row,
+                "context_start": len(template.prefix),
+                "context_end": len(prompt) - len(template.suffix),
+            }
+        )
     return {"test": datasets.Dataset.from_list(out, features=FEATURES)}
 
 
 # --- HELMET's released files ----------------------------------------------------------------------------
+
 
 def default_root() -> Path:
     return Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else DEFAULT_DATA_DIR
@@ -255,7 +271,7 @@ def data_dir(settings: Settings, task: str, synthetic: str, required: str) -> Pa
     raise FileNotFoundError(
         f"{task} reads HELMET's released data, but {required} was not found under {root}. "
         f"Fetch it with `kvbench data fetch --dest {root}` (online; then point --metadata "
-        f"'{{\"data_dir\": \"{root}\"}}' or ${DATA_DIR_ENV} at it), or run the offline synthetic task "
+        f'\'{{"data_dir": "{root}"}}\' or ${DATA_DIR_ENV} at it), or run the offline synthetic task '
         f"{synthetic} instead (--tasks {synthetic})."
     )
 

@@ -78,8 +78,9 @@ class _bar:
             return lambda n: None
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-        self.progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn())
+        self.progress = Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn()
+        )
         self.progress.start()
         task = self.progress.add_task(self.name, total=self.total, completed=self.done)
         return lambda n: self.progress.advance(task, n)
@@ -108,8 +109,13 @@ def icl_mirror(base: str | None) -> dict | None:
 
     if not base:
         return None
-    return {source: {key: (f"{base.rstrip('/')}/{source}/{url.rsplit('/', 1)[-1]}", sha256)
-                     for key, (url, sha256) in entries.items()} for source, entries in SOURCES.items()}
+    return {
+        source: {
+            key: (f"{base.rstrip('/')}/{source}/{url.rsplit('/', 1)[-1]}", sha256)
+            for key, (url, sha256) in entries.items()
+        }
+        for source, entries in SOURCES.items()
+    }
 
 
 def fetch_icl(dest: Path, seed: int = 42, sources: dict | None = None, progress: bool = True) -> Path:

@@ -24,15 +24,21 @@ RAG_SHOTS = 2
 RAG_K = ["20", "50", "105", "220", "440", "1000"]  # passages per length, 4K..128K
 RAG_FILES = {  # task: (test file pattern, demo file)
     "kilt_nq": ("kilt/nq-dev-multikilt_1000_k{k}_dep6.jsonl", "kilt/nq-train-multikilt_1000_k3_dep6.jsonl"),
-    "kilt_triviaqa": ("kilt/triviaqa-dev-multikilt_1000_k{k}_dep6.jsonl",
-                      "kilt/triviaqa-train-multikilt_1000_k3_dep6.jsonl"),
-    "kilt_hotpotqa": ("kilt/hotpotqa-dev-multikilt_1000_k{k}_dep3.jsonl",
-                      "kilt/hotpotqa-train-multikilt_1000_k3_dep3.jsonl"),
+    "kilt_triviaqa": (
+        "kilt/triviaqa-dev-multikilt_1000_k{k}_dep6.jsonl",
+        "kilt/triviaqa-train-multikilt_1000_k3_dep6.jsonl",
+    ),
+    "kilt_hotpotqa": (
+        "kilt/hotpotqa-dev-multikilt_1000_k{k}_dep3.jsonl",
+        "kilt/hotpotqa-train-multikilt_1000_k3_dep3.jsonl",
+    ),
     "kilt_popqa": ("kilt/popqa_test_1000_k{k}_dep6.jsonl", "kilt/popqa_test_1000_k3_dep6.jsonl"),
 }
 POPQA_MAX_LOG_POPULARITY = 3  # HELMET's kilt_popqa_3: only questions about less popular entities
-RAG_USER = ("Use the given documents to write a concise and short answer to the question. "
-            "Write your answer in the following format:\nAnswer: [answer]\n\n{demos}{context}\n\nQuestion: {question}")
+RAG_USER = (
+    "Use the given documents to write a concise and short answer to the question. "
+    "Write your answer in the following format:\nAnswer: [answer]\n\n{demos}{context}\n\nQuestion: {question}"
+)
 RAG_SYSTEM = "Answer:"
 PASSAGE = "Document (Title: {title}): {text}"
 
@@ -49,8 +55,13 @@ def read_rows(root: Path, relative: str) -> list[sampling.Row]:
 def record_files(task: str, s: common.Settings, root: Path, *relative: str) -> None:
     """Which of HELMET's files the task ran on, with their SHA-256, and at which length (written into every
     results file)."""
-    common.record_source(task, data="helmet", data_dir=str(root), context_length=s.length,
-                         files={name: sha256_of(root / name) for name in relative})
+    common.record_source(
+        task,
+        data="helmet",
+        data_dir=str(root),
+        context_length=s.length,
+        files={name: sha256_of(root / name) for name in relative},
+    )
 
 
 def _template(user: str, system: str, **fields) -> common.Template:
@@ -60,7 +71,8 @@ def _template(user: str, system: str, **fields) -> common.Template:
 
 def rag_template(question: str, demos: list[dict]) -> common.Template:
     demo_text = "".join(
-        "\n\n".join(PASSAGE.format(**c) for c in d["ctxs"]) + f"\n\nQuestion: {d['question']}\nAnswer: {d['answers'][0]}\n\n"
+        "\n\n".join(PASSAGE.format(**c) for c in d["ctxs"])
+        + f"\n\nQuestion: {d['question']}\nAnswer: {d['answers'][0]}\n\n"
         for d in demos
     )
     return _template(RAG_USER, RAG_SYSTEM, demos=demo_text, question=question)
@@ -83,9 +95,17 @@ def build_rag(task: str, s: common.Settings) -> list[dict]:
     for (line, row), demos in sampling.rag_draw(rows, pool, s.num_samples, RAG_SHOTS, s.seed, exclude_own=popqa):
         template = rag_template(row["question"], [d for _, d in demos])
         context = "\n\n".join(PASSAGE.format(**c) for c in row["ctxs"])
-        out.append({"prompt": common.truncate_context(s.tokenizer, template, context, s.length - RAG_GEN_TOKENS),
-                    "template": template, "answers": list(row["answers"]), "metric": "substring_exact_match",
-                    "answer_prefix": RAG_SYSTEM, "sample_line": line, "demo_lines": [d for d, _ in demos]})
+        out.append(
+            {
+                "prompt": common.truncate_context(s.tokenizer, template, context, s.length - RAG_GEN_TOKENS),
+                "template": template,
+                "answers": list(row["answers"]),
+                "metric": "substring_exact_match",
+                "answer_prefix": RAG_SYSTEM,
+                "sample_line": line,
+                "demo_lines": [d for d, _ in demos],
+            }
+        )
     record_files(task, s, root, test_file, demo_file)
     return out
 
@@ -97,17 +117,23 @@ RERANK_SHOTS = 2
 RERANK_K = ["14", "50", "130", "285", "600", "1000"]
 RERANK_FILE = "msmarco/test_reranking_data_k{k}_dep3.jsonl"
 RERANK_DEMO_FILE = "msmarco/test_reranking_data_k10_dep3.jsonl"
-RERANK_USER = ("You are provided with a list of documents, each indicated by their ID. Rank each document based on "
-               "their relevance to the question in descending order from most relelvant to least relevant texts. "
-               "Include all documents in the rankings. Write your answer using the unique IDs, with the following "
-               "format:\nRanking: ID3 > ID1 > ID2\n\n{demos}{context}\n\nQuery: {question}")  # HELMET's typo kept
+RERANK_USER = (
+    "You are provided with a list of documents, each indicated by their ID. Rank each document based on "
+    "their relevance to the question in descending order from most relelvant to least relevant texts. "
+    "Include all documents in the rankings. Write your answer using the unique IDs, with the following "
+    "format:\nRanking: ID3 > ID1 > ID2\n\n{demos}{context}\n\nQuery: {question}"
+)  # HELMET's typo kept
 RERANK_SYSTEM = "Ranking:"
 
 
 def rerank_passages(ctxs: list[dict]) -> str:
     return "\n\n".join(
-        (f"[ID: {c['id']}] Document (Title: {c['title']}): {c['text']}" if "title" in c
-         else f"[ID: {c['id']}] Document: {c['text']}") for c in ctxs
+        (
+            f"[ID: {c['id']}] Document (Title: {c['title']}): {c['text']}"
+            if "title" in c
+            else f"[ID: {c['id']}] Document: {c['text']}"
+        )
+        for c in ctxs
     )
 
 
@@ -129,12 +155,22 @@ def build_rerank(task: str, s: common.Settings) -> list[dict]:
     out = []
     for (line, row), demos in sampling.rerank_draw(rows, pool, s.num_samples, RERANK_SHOTS, s.seed):
         template = rerank_template(row["query"], [d for _, d in demos])
-        prompt = common.truncate_context(s.tokenizer, template, rerank_passages(row["ctxs"]),
-                                         s.length - RERANK_GEN_TOKENS)
+        prompt = common.truncate_context(
+            s.tokenizer, template, rerank_passages(row["ctxs"]), s.length - RERANK_GEN_TOKENS
+        )
         # Graded labels of every passage, also those truncated away: missing them is the model's loss.
         qrels = [f"{c['id']}:{int(c['label'])}" for c in row["ctxs"]]
-        out.append({"prompt": prompt, "template": template, "answers": [gold_ranking(row["ctxs"])], "qrels": qrels,
-                    "metric": "ndcg_at_10", "sample_line": line, "demo_lines": [d for d, _ in demos]})
+        out.append(
+            {
+                "prompt": prompt,
+                "template": template,
+                "answers": [gold_ranking(row["ctxs"])],
+                "qrels": qrels,
+                "metric": "ndcg_at_10",
+                "sample_line": line,
+                "demo_lines": [d for d, _ in demos],
+            }
+        )
     record_files(task, s, root, test_file, RERANK_DEMO_FILE)
     return out
 
@@ -150,8 +186,10 @@ ICL_SHOTS = {  # demonstrations per length, 4K..128K (HELMET's "{shots}shot_bala
     "icl_clinc150": [220, 440, 880, 1750, 3525, 7050],
     "icl_nlu": [250, 510, 1020, 2040, 4080, 8296],
 }
-ICL_USER = ("Use the provided mapping from the text to label to assign a label to the text. "
-            "Only output \"label: {{label}}\" and nothing else. \n\n{context}\n\n{question}")
+ICL_USER = (
+    "Use the provided mapping from the text to label to assign a label to the text. "
+    'Only output "label: {{label}}" and nothing else. \n\n{context}\n\n{question}'
+)
 ICL_SYSTEM = "label:"
 
 
@@ -166,14 +204,22 @@ def build_icl(task: str, s: common.Settings) -> list[dict]:
     root = common.data_dir(s, task, "kvbench_synth_icl", test_file)
     train, test = read_rows(root, train_file), read_rows(root, test_file)
     out = []
-    for (line, row), demos, mapping in sampling.icl_draw(train, test, sampling.ICL_NUM_LABELS[name], shots,
-                                                         s.num_samples, s.seed):
+    for (line, row), demos, mapping in sampling.icl_draw(
+        train, test, sampling.ICL_NUM_LABELS[name], shots, s.num_samples, s.seed
+    ):
         # Labels are shown as shuffled integers, so the model must learn the mapping from the demos (HELMET's).
         context = "\n\n".join(f"{d['text']}\nlabel: {mapping[int(d['label'])]}" for _, d in demos)
         template = icl_template(row["text"])
-        out.append({"prompt": common.truncate_context(s.tokenizer, template, context, s.length - ICL_GEN_TOKENS),
-                    "template": template, "answers": [str(mapping[int(row["label"])])], "metric": "label_accuracy",
-                    "sample_line": line, "demo_lines": [d for d, _ in demos]})
+        out.append(
+            {
+                "prompt": common.truncate_context(s.tokenizer, template, context, s.length - ICL_GEN_TOKENS),
+                "template": template,
+                "answers": [str(mapping[int(row["label"])])],
+                "metric": "label_accuracy",
+                "sample_line": line,
+                "demo_lines": [d for d, _ in demos],
+            }
+        )
     record_files(task, s, root, train_file, test_file)
     return out
 
@@ -184,7 +230,8 @@ BUILDERS = {**{t: build_rag for t in RAG_FILES}, "msmarco_rerank": build_rerank,
 def build(task: str, **settings) -> dict:
     """lm-eval's custom_dataset for a data-backed task. RAG, re-rank and ICL stop at a generated newline token,
     as HELMET's configs for them do (stop_new_line)."""
-    s = common.settings(settings, default_samples=ICL_SAMPLES if task in ICL_SHOTS else 100,
-                        lengths=common.HELMET_LENGTHS)
+    s = common.settings(
+        settings, default_samples=ICL_SAMPLES if task in ICL_SHOTS else 100, lengths=common.HELMET_LENGTHS
+    )
     rows = BUILDERS[task](task, s)
     return common.to_dataset([{**r, "task": task, "length": s.length, "stop_at_newline_token": True} for r in rows])

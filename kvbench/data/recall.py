@@ -13,21 +13,35 @@ from kvbench.data import common, sampling
 GEN_TOKENS = {"json_kv": 100, "ruler_mk_needle": 50, "ruler_mk_uuid": 100, "ruler_mv": 50}  # HELMET's
 JSON_KV_SHOTS = 2
 JSON_KV_FILES = ["50", "105", "220", "440", "900", "1800"]  # HELMET's k per length (4K..128K)
-RULER_FOLDERS = {"ruler_mk_needle": "niah_multikey_2", "ruler_mk_uuid": "niah_multikey_3", "ruler_mv": "niah_multivalue"}
-GENERATED = {"json_kv": "kvbench_gen_json_kv", "ruler_mk_needle": "kvbench_gen_ruler_mk_needle",
-             "ruler_mk_uuid": "kvbench_gen_ruler_mk_uuid", "ruler_mv": "kvbench_gen_ruler_mv"}
+RULER_FOLDERS = {
+    "ruler_mk_needle": "niah_multikey_2",
+    "ruler_mk_uuid": "niah_multikey_3",
+    "ruler_mv": "niah_multivalue",
+}
+GENERATED = {
+    "json_kv": "kvbench_gen_json_kv",
+    "ruler_mk_needle": "kvbench_gen_ruler_mk_needle",
+    "ruler_mk_uuid": "kvbench_gen_ruler_mk_uuid",
+    "ruler_mv": "kvbench_gen_ruler_mv",
+}
 
-JSON_KV_USER = ("{context}\n\nExtract the value corresponding to the specified key in the JSON object below.\n\n"
-                "{demos}Key: {question}")
+JSON_KV_USER = (
+    "{context}\n\nExtract the value corresponding to the specified key in the JSON object below.\n\n"
+    "{demos}Key: {question}"
+)
 JSON_KV_SYSTEM = "Corresponding value:"
 # RULER's templates as HELMET renders them: one needle per query ("A ... is") or several ("Some ... are").
-NIAH_USER = ("A special magic {kind} is hidden within the following text. Make sure to memorize it. "
-             "I will quiz you about the {kind} afterwards.\n{context}\n"
-             "What is the special magic {kind} for {query} mentioned in the provided text?")
+NIAH_USER = (
+    "A special magic {kind} is hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kind} afterwards.\n{context}\n"
+    "What is the special magic {kind} for {query} mentioned in the provided text?"
+)
 NIAH_SYSTEM = "The special magic {kind} for {query} mentioned in the provided text is"
-MV_USER = ("Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
-           "I will quiz you about the {kind} afterwards.\n{context}\n"
-           "What are all the special magic {kind} for {query} mentioned in the provided text?")
+MV_USER = (
+    "Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kind} afterwards.\n{context}\n"
+    "What are all the special magic {kind} for {query} mentioned in the provided text?"
+)
 MV_SYSTEM = "The special magic {kind} for {query} mentioned in the provided text are"
 
 
@@ -71,8 +85,16 @@ def read_helmet(task: str, s: common.Settings) -> list[dict]:
             answers = list(row.get("outputs") or row["answer"])
             metric, prefix = "ruler_recall", ""
         prompt = common.truncate_context(s.tokenizer, template, row["context"], budget)
-        rows.append({"prompt": prompt, "template": template, "answers": answers, "metric": metric,
-                     "answer_prefix": prefix, "sample_line": line})
+        rows.append(
+            {
+                "prompt": prompt,
+                "template": template,
+                "answers": answers,
+                "metric": metric,
+                "answer_prefix": prefix,
+                "sample_line": line,
+            }
+        )
     record_files(task, s, root, relative)
     return rows
 

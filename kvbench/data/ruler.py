@@ -30,8 +30,11 @@ GENERATOR_VERSION = 1  # raise when a change makes the same seed give other prom
 NEEDLE = "One of the special magic {kinds} for {key} is: {value}."
 DEPTHS = [round(100 * i / 39) for i in range(40)]  # RULER's insertion depths, percent: 40 levels from 0 to 100
 # (needle kind, key kind, values per key) per task, as RULER's synthetic.yaml configures them
-NIAH = {"ruler_mk_needle": ("numbers", "words", 1), "ruler_mk_uuid": ("uuids", "uuids", 1),
-        "ruler_mv": ("numbers", "words", 4)}
+NIAH = {
+    "ruler_mk_needle": ("numbers", "words", 1),
+    "ruler_mk_uuid": ("uuids", "uuids", 1),
+    "ruler_mv": ("numbers", "words", 4),
+}
 
 
 @cache
@@ -69,8 +72,10 @@ def _niah(task: str, s: common.Settings, rng: random.Random, budget: int) -> dic
         depths = sorted(rng.sample(DEPTHS, count))
         joiner = " "
     else:
-        pieces = [NEEDLE.format(kinds=kinds, key=k, value=_make(kinds, rng))
-                  for k in common.distinct(rng, lambda r: _make(key_kind, r), max(16, s.length // 8), {query})]
+        pieces = [
+            NEEDLE.format(kinds=kinds, key=k, value=_make(kinds, rng))
+            for k in common.distinct(rng, lambda r: _make(key_kind, r), max(16, s.length // 8), {query})
+        ]
         depths = [100 * rng.random()]
         joiner = "\n"
 
@@ -80,8 +85,12 @@ def _niah(task: str, s: common.Settings, rng: random.Random, budget: int) -> dic
             items.insert(int(len(fitted) * depth / 100), needle)
         return template(joiner.join(items))
 
-    return {"prompt": common.fill(s.tokenizer, render, pieces, budget)[0], "template": template, "answers": values,
-            "metric": "ruler_recall"}
+    return {
+        "prompt": common.fill(s.tokenizer, render, pieces, budget)[0],
+        "template": template,
+        "answers": values,
+        "metric": "ruler_recall",
+    }
 
 
 def _json_kv(s: common.Settings, rng: random.Random, budget: int) -> dict:
@@ -104,8 +113,13 @@ def _json_kv(s: common.Settings, rng: random.Random, budget: int) -> dict:
     prompt, fitted = common.fill(s.tokenizer, render, records, budget)
     target, demos = layout(fitted)
     template = json_kv_template(json.dumps(keys[target]), [[json.dumps(keys[d]), values[d]] for d in demos])
-    return {"prompt": prompt, "template": template, "answers": [values[target]], "metric": "substring_exact_match",
-            "answer_prefix": "Corresponding value:"}
+    return {
+        "prompt": prompt,
+        "template": template,
+        "answers": [values[target]],
+        "metric": "substring_exact_match",
+        "answer_prefix": "Corresponding value:",
+    }
 
 
 def build(task: str, **settings) -> dict:
@@ -118,6 +132,12 @@ def build(task: str, **settings) -> dict:
         budget = s.length - GEN_TOKENS[name]
         sample = _json_kv(s, rng, budget) if name == "json_kv" else _niah(name, s, rng, budget)
         rows.append({**sample, "task": task, "length": s.length})
-    common.record_source(task, data="generated", generator="kvbench.data.ruler", version=GENERATOR_VERSION,
-                         seed=s.seed, context_length=s.length)
+    common.record_source(
+        task,
+        data="generated",
+        generator="kvbench.data.ruler",
+        version=GENERATOR_VERSION,
+        seed=s.seed,
+        context_length=s.length,
+    )
     return common.to_dataset(rows)

@@ -62,8 +62,9 @@ def first_distinct(pool: list[Row], seed: int, key: str, k: int) -> list[Row]:
     return out
 
 
-def rag_draw(test: list[Row], demos: list[Row], n: int, shots: int, seed: int,
-             exclude_own: bool) -> list[tuple[Row, list[Row]]]:
+def rag_draw(
+    test: list[Row], demos: list[Row], n: int, shots: int, seed: int, exclude_own: bool
+) -> list[tuple[Row, list[Row]]]:
     """RAG: (sample, its demos). The key is `id` when the rows have one, else the question. Demos are the
     demo file permuted by the key's SHA-256; `exclude_own` (PopQA, whose demos come from its test set) first
     removes the sample's own key from the pool."""
@@ -116,8 +117,9 @@ def balanced(rows: list[Row], k: int, rng: random.Random) -> list[Row]:
     return [row for round_ in table for row in round_][:k]
 
 
-def icl_draw(train: list[Row], test: list[Row], num_labels: int, shots: int, n: int,
-             seed: int) -> list[tuple[Row, list[Row], list[int]]]:
+def icl_draw(
+    train: list[Row], test: list[Row], num_labels: int, shots: int, n: int, seed: int
+) -> list[tuple[Row, list[Row], list[int]]]:
     """ICL: (test sample, its demos, its label mapping). A test split larger than n is permuted with the seed and
     balanced to n (rows may repeat); a smaller one is taken whole, in order. Per sample, the seed
     (SHA-256(text) + seed) mod 2^31 draws the balanced demos from the train split, in its order, and shuffles the

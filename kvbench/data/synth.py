@@ -13,15 +13,27 @@ import string
 
 from kvbench.data import common
 
-WORDS = ("red blue green black white gold apple bread milk rice fish cake cat dog bird horse frog bee "
-         "sun moon star rain snow wind tree rock river hill lake sea car ship train bike road door "
-         "book pen cup box ball hat shoe coat ring bell lamp drum key map").split()  # 48 short words
-ATTRIBUTES = {"color": WORDS[0:6], "food": WORDS[6:12], "pet": WORDS[12:18], "weather": WORDS[18:24],
-              "place": WORDS[24:30], "vehicle": WORDS[30:36]}
+WORDS = (
+    "red blue green black white gold apple bread milk rice fish cake cat dog bird horse frog bee "
+    "sun moon star rain snow wind tree rock river hill lake sea car ship train bike road door "
+    "book pen cup box ball hat shoe coat ring bell lamp drum key map"
+).split()  # 48 short words
+ATTRIBUTES = {
+    "color": WORDS[0:6],
+    "food": WORDS[6:12],
+    "pet": WORDS[12:18],
+    "weather": WORDS[18:24],
+    "place": WORDS[24:30],
+    "vehicle": WORDS[30:36],
+}
 GENERATOR_VERSION = 1  # raise when a change makes the same seed give other prompts
 GEN_TOKENS = {"synth_recall": 8, "synth_rag": 8, "synth_rerank": 64, "synth_icl": 8}
-METRICS = {"synth_recall": "substring_exact_match", "synth_rag": "substring_exact_match",
-           "synth_rerank": "ndcg_at_10", "synth_icl": "label_accuracy"}
+METRICS = {
+    "synth_recall": "substring_exact_match",
+    "synth_rag": "substring_exact_match",
+    "synth_rerank": "ndcg_at_10",
+    "synth_icl": "label_accuracy",
+}
 
 
 _ONSETS = "b c d f g h k l m n p r s t v z".split()
@@ -47,6 +59,7 @@ def _depth_render(seed: int, fixed: list[str], template: common.Template, joiner
 
 # --- recall: key-value lookup --------------------------------------------------------------------------
 
+
 def _recall(s: common.Settings, rng: random.Random, budget: int) -> dict:
     n = max(16, s.length // 4)
     keys = common.distinct(rng, lambda r: "".join(r.choices(string.ascii_lowercase, k=4)), n + 1)
@@ -68,17 +81,22 @@ def _recall_multi(s: common.Settings, rng: random.Random, budget: int, questions
     lines = [f"{k}: {v}" for k, v in zip(keys[questions:], values[questions:])]
     # Filled once, for the longest question (keys have 4 letters, but their tokens may differ), then each question
     # is put after the same context.
-    templates = [common.Template("Find the value of the key in the list below.\n\n", f"\n\nKey: {k}\nValue:")
-                 for k in keys[:questions]]
+    templates = [
+        common.Template("Find the value of the key in the list below.\n\n", f"\n\nKey: {k}\nValue:")
+        for k in keys[:questions]
+    ]
     longest = max(templates, key=lambda t: common.count_tokens(s.tokenizer, t.suffix))
     render = _depth_render(rng.getrandbits(31), asked, longest)
     filled = common.fill(s.tokenizer, render, lines, budget)[0]
     context = filled.removeprefix(longest.prefix).removesuffix(longest.suffix)
-    return [{"prompt": template(context), "template": template, "answers": [value]}
-            for template, value in zip(templates, values[:questions])]
+    return [
+        {"prompt": template(context), "template": template, "answers": [value]}
+        for template, value in zip(templates, values[:questions])
+    ]
 
 
 # --- RAG: a fact about an entity among passages about others -------------------------------------------
+
 
 def _rag(s: common.Settings, rng: random.Random, budget: int) -> dict:
     n = max(16, s.length // 8)
@@ -87,8 +105,9 @@ def _rag(s: common.Settings, rng: random.Random, budget: int) -> dict:
     rng.shuffle(facts)
     (name, attr, gold), distractors = facts[0], facts[1:]
     passage = "Document: the {1} of {0} is {2}."
-    template = common.Template("Use the given documents to answer the question.\n\n",
-                               f"\n\nQuestion: what is the {attr} of {name}?\nAnswer:")
+    template = common.Template(
+        "Use the given documents to answer the question.\n\n", f"\n\nQuestion: what is the {attr} of {name}?\nAnswer:"
+    )
     render = _depth_render(rng.getrandbits(31), [passage.format(name, attr, gold)], template)
     pieces = [passage.format(*f) for f in distractors]
     return {"prompt": common.fill(s.tokenizer, render, pieces, budget)[0], "template": template, "answers": [gold]}
@@ -99,8 +118,10 @@ def _rag(s: common.Settings, rng: random.Random, budget: int) -> dict:
 # After the documents the task is restated (as RankGPT's post-prompt does) before the query. It holds none of
 # WORDS and no digits, so the query sits well apart from the last document: a reader that looks back a
 # fixed span from the end of the prompt sees the query and its own answer, not a document.
-RERANK_RESTATED = ("Rank the documents above by how many words of the query below they contain, most first. "
-                   "Write the IDs of the most relevant documents in the format given, and nothing else.")
+RERANK_RESTATED = (
+    "Rank the documents above by how many words of the query below they contain, most first. "
+    "Write the IDs of the most relevant documents in the format given, and nothing else."
+)
 
 
 def _rerank_ids(rng: random.Random, count: int) -> list[str]:
@@ -124,7 +145,8 @@ def _rerank(s: common.Settings, rng: random.Random, budget: int) -> dict:
     template = common.Template(
         "Rank the documents by how many words of the query they contain, most first. Write the IDs of the "
         "10 most relevant documents in this format:\nRanking: ID3 > ID1 > ID2\n\n",
-        f"\n\n{RERANK_RESTATED}\n\nQuery: {' '.join(query)}\nRanking:")
+        f"\n\n{RERANK_RESTATED}\n\nQuery: {' '.join(query)}\nRanking:",
+    )
     render = _depth_render(rng.getrandbits(31), [passage.format(*r) for r in relevant], template)
     prompt, fitted = common.fill(s.tokenizer, render, distractors, budget)
     qrels = [f"{i}:{o}" for i, o, _ in relevant] + [f"{p.split(']')[0][5:]}:0" for p in distractors[:fitted]]
@@ -133,6 +155,7 @@ def _rerank(s: common.Settings, rng: random.Random, budget: int) -> dict:
 
 
 # --- ICL: six classes, each owning a few topic words; labels are shuffled integers per sample -----------
+
 
 def _icl_text(rng: random.Random, topic: list[str], noise: list[str]) -> str:
     words = rng.sample(topic, 2) + rng.sample(noise, 2)
@@ -151,8 +174,11 @@ def _icl(s: common.Settings, rng: random.Random, budget: int) -> dict:
     for _ in range(max(1, s.length // (4 * len(topics)))):
         for c in rng.sample(range(len(topics)), len(topics)):
             demos.append(f"{_icl_text(rng, topics[c], noise)}\nlabel: {mapping[c]}")
-    template = common.Template("Use the provided mapping from the text to label to assign a label to the text. "
-                               "Only output \"label: {label}\" and nothing else. \n\n", f"\n\n{question}\nlabel:")
+    template = common.Template(
+        "Use the provided mapping from the text to label to assign a label to the text. "
+        'Only output "label: {label}" and nothing else. \n\n',
+        f"\n\n{question}\nlabel:",
+    )
     prompt = common.fill(s.tokenizer, lambda items: template("\n\n".join(items)), demos, budget)[0]
     return {"prompt": prompt, "template": template, "answers": [str(mapping[gold_class])]}
 
@@ -172,11 +198,18 @@ def build(task: str, **settings) -> dict:
         if task in MULTI_QUESTION:
             base, generator = MULTI_QUESTION[task]
             questions = common.positive_int(settings, "num_questions", DEFAULT_QUESTIONS)
-            samples = [{**row, "context_group": str(i)}
-                       for row in generator(s, rng, s.length - GEN_TOKENS[base], questions)]
+            samples = [
+                {**row, "context_group": str(i)} for row in generator(s, rng, s.length - GEN_TOKENS[base], questions)
+            ]
         else:
             base, samples = task, [GENERATORS[task](s, rng, s.length - GEN_TOKENS[task])]
         rows += [{**sample, "metric": METRICS[base], "task": task, "length": s.length} for sample in samples]
-    common.record_source(task, data="generated", generator="kvbench.data.synth", version=GENERATOR_VERSION,
-                         seed=s.seed, context_length=s.length)
+    common.record_source(
+        task,
+        data="generated",
+        generator="kvbench.data.synth",
+        version=GENERATOR_VERSION,
+        seed=s.seed,
+        context_length=s.length,
+    )
     return common.to_dataset(rows)

@@ -35,8 +35,22 @@ from kvbench.tiny import resolve_pretrained
 # A child of lm-eval's logger, so our lines show with lm-eval's own, in its format and at its verbosity.
 log = logging.getLogger("lm_eval.models.kvbench")
 
-BACKEND_ARGS = ("pretrained", "method", "chunk_size", "dtype", "device", "attn", "max_length", "trust_remote_code",
-                "parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory", "trace", "query")
+BACKEND_ARGS = (
+    "pretrained",
+    "method",
+    "chunk_size",
+    "dtype",
+    "device",
+    "attn",
+    "max_length",
+    "trust_remote_code",
+    "parallelize",
+    "device_map",
+    "max_memory_per_gpu",
+    "max_cpu_memory",
+    "trace",
+    "query",
+)
 DEFAULT_MAX_LENGTH = 2048  # as lm-eval's hf backend, when neither config nor tokenizer gives one
 
 
@@ -97,14 +111,18 @@ class KVBenchLM(TemplateLM):
         self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
         self.trace = _bool(trace, "trace")  # each generate_until sample's KV held over time, in its samples-file row
         if query not in QUERY_MODES:
-            raise ValueError(f"query must be aware (the question is prefilled with its context) or agnostic (the "
-                             f"context is prefilled and evicted before the question is known); got {query!r}")
+            raise ValueError(
+                f"query must be aware (the question is prefilled with its context) or agnostic (the "
+                f"context is prefilled and evicted before the question is known); got {query!r}"
+            )
         self.query = query
         self._device = self._data_parallel(_pick_device(device))
         path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
         if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
-            raise FileNotFoundError(f"pretrained={pretrained}: the folder holds no model (no config.json); point "
-                                    "pretrained= at a checkpoint folder (config.json, weights, tokenizer) or a hub name")
+            raise FileNotFoundError(
+                f"pretrained={pretrained}: the folder holds no model (no config.json); point "
+                "pretrained= at a checkpoint folder (config.json, weights, tokenizer) or a hub name"
+            )
         placement = _model_parallel(_bool(parallelize, "parallelize"), device_map, max_memory_per_gpu, max_cpu_memory)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -113,15 +131,18 @@ class KVBenchLM(TemplateLM):
             ).eval()
         except OSError as error:  # transformers' "not a local folder, and not on the Hub" (after its retries)
             reason = str(error).strip().splitlines()[0]
-            raise ValueError(f"pretrained={pretrained}: cannot load it ({reason}); point pretrained= at a local "
-                             "checkpoint folder, or check the hub name and your connection") from None
+            raise ValueError(
+                f"pretrained={pretrained}: cannot load it ({reason}); point pretrained= at a local "
+                "checkpoint folder, or check the hub name and your connection"
+            ) from None
         if not placement:
             self._model.to(self._device)
         else:  # the layers stay where the device map put them; requests start on the embeddings' device
             self._device = self._model.device
         # The attention kernel this model runs with, or the one-line reason there is none (at load, not mid-run).
-        self.kernel = attention.select_kernel(self._model.device, self._model.dtype,
-                                              ModelShape.from_config(self._model.config).head_dim, attn)
+        self.kernel = attention.select_kernel(
+            self._model.device, self._model.dtype, ModelShape.from_config(self._model.config).head_dim, attn
+        )
         self._max_length = int(max_length) if max_length else None
         self.chat_template_args: dict = {}
         self.tally = FootprintTally()
@@ -170,9 +191,13 @@ class KVBenchLM(TemplateLM):
         """A request's footprint (and its allocator peaks) into its task's tally, under its document (the per-sample
         rows read it there). `results`: the Generation or Scorings it ran as."""
         doc = getattr(request, "doc", None) or {}
-        self.tally.add(request.task_name, *[r.stats for r in results], doc_id=getattr(request, "doc_id", None),
-                       context_group=doc.get("context_group") if isinstance(doc, dict) else None,
-                       device_peak_bytes=_largest(r.device_peak_bytes for r in results))
+        self.tally.add(
+            request.task_name,
+            *[r.stats for r in results],
+            doc_id=getattr(request, "doc_id", None),
+            context_group=doc.get("context_group") if isinstance(doc, dict) else None,
+            device_peak_bytes=_largest(r.device_peak_bytes for r in results),
+        )
 
     def _tallied(self, requests) -> list[bool]:
         """Whether each request counts in the tallies. With several processes, lm-eval pads a process's requests
@@ -221,8 +246,11 @@ class KVBenchLM(TemplateLM):
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         def render(history):
             return self.tokenizer.apply_chat_template(
-                history, tokenize=False, add_generation_prompt=add_generation_prompt,
-                continue_final_message=not add_generation_prompt, **self.chat_template_args,
+                history,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
+                **self.chat_template_args,
             )
 
         try:
@@ -252,8 +280,15 @@ class KVBenchLM(TemplateLM):
                 inputs = self._fit(context + continuation)[:-1]
                 if shared is None or shared[0] != inputs:
                     last = self._timed(
-                        generate, self._model, inputs, self.method, chunk_size=self.chunk_size, max_new_tokens=1,
-                        eos_token_id=[], attn=self.attn, return_logits=True,
+                        generate,
+                        self._model,
+                        inputs,
+                        self.method,
+                        chunk_size=self.chunk_size,
+                        max_new_tokens=1,
+                        eos_token_id=[],
+                        attn=self.attn,
+                        return_logits=True,
                     )
                     shared = (inputs, last.logits[0].log_softmax(-1), last)
                 logprobs, token = shared[1], continuation[0]
@@ -270,12 +305,15 @@ class KVBenchLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         self._refuse_agnostic(requests, "rolling log-likelihood")
         results = []
-        for request, counted in zip(tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"),
-                                    self._tallied(requests)):
+        for request, counted in zip(
+            tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"), self._tallied(requests)
+        ):
             (text,) = request.args
             windows = get_rolling_token_windows(
-                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1,
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
             )
             scorings = [self._score(*make_disjoint_window(window)) for window in windows]
             results.append(sum(s.logprob for s in scorings))
@@ -294,9 +332,17 @@ class KVBenchLM(TemplateLM):
             prepared = [self._prepare(requests[index]) for index in group]
             first = prepared[0]
             run = functools.partial(
-                self._timed, generate if len(group) == 1 else generate_many, self._model, method=self.method,
-                tokenizer=self.tokenizer, chunk_size=self.chunk_size, max_new_tokens=first["max_gen_toks"],
-                stop=first["until"], attn=self.attn, stop_token_ids=first["stop_tokens"], trace=self.trace,
+                self._timed,
+                generate if len(group) == 1 else generate_many,
+                self._model,
+                method=self.method,
+                tokenizer=self.tokenizer,
+                chunk_size=self.chunk_size,
+                max_new_tokens=first["max_gen_toks"],
+                stop=first["until"],
+                attn=self.attn,
+                stop_token_ids=first["stop_tokens"],
+                trace=self.trace,
             )
             if len(group) == 1:
                 generations = [run(first["ids"], question_start=first["question_start"])]
@@ -304,10 +350,13 @@ class KVBenchLM(TemplateLM):
                 cut = first["question_start"]
                 for other in prepared[1:]:
                     if other["ids"][: other["question_start"]] != first["ids"][:cut] or any(
-                            other[k] != first[k] for k in ("until", "max_gen_toks", "stop_tokens")):
+                        other[k] != first[k] for k in ("until", "max_gen_toks", "stop_tokens")
+                    ):
                         task, name = requests[group[0]].task_name, requests[group[0]].doc["context_group"]
-                        raise ValueError(f"{task}: the documents of context_group {name!r} do not share one context "
-                                         "(the same tokens before the question) and generation settings")
+                        raise ValueError(
+                            f"{task}: the documents of context_group {name!r} do not share one context "
+                            "(the same tokens before the question) and generation settings"
+                        )
                 generations = run(first["ids"][:cut], [p["ids"][cut:] for p in prepared])
             for index, generation in zip(group, generations, strict=True):
                 request = requests[index]
@@ -364,20 +413,28 @@ class KVBenchLM(TemplateLM):
         question_start = None
         if self.query == "agnostic":
             question_start = self._question_token(text, ids, question_char, request.task_name)
-        return {"ids": ids, "question_start": question_start, "until": until, "max_gen_toks": max_gen_toks,
-                "stop_tokens": stop_tokens}
+        return {
+            "ids": ids,
+            "question_start": question_start,
+            "until": until,
+            "max_gen_toks": max_gen_toks,
+            "stop_tokens": stop_tokens,
+        }
 
     def _question_token(self, text: str, ids: list[int], question_char: int, task: str) -> int:
         """Where the question of `text` (tokens `ids`) begins, in tokens."""
         bos = self.tokenizer.bos_token
         try:
-            encoded, first = question_token(self.tokenizer, text, question_char,
-                                            add_special_tokens=not (bos and text.startswith(bos)))
+            encoded, first = question_token(
+                self.tokenizer, text, question_char, add_special_tokens=not (bos and text.startswith(bos))
+            )
         except ValueError as error:
             raise ValueError(f"{task}: {error}") from None
         if encoded != ids:
-            raise ValueError(f"{task}: the tokenizer's offsets do not match the prompt's tokens; cannot find where "
-                             "its question begins")
+            raise ValueError(
+                f"{task}: the tokenizer's offsets do not match the prompt's tokens; cannot find where "
+                "its question begins"
+            )
         return first
 
     @functools.cached_property
@@ -400,10 +457,12 @@ class KVBenchLM(TemplateLM):
         template = Template(prompt[: span.start], prompt[span.stop :])
         shortened = truncate_context(self.tokenizer, template, prompt[span], budget, fix="max_length")
         kept = self.tok_encode(shortened)
-        log.warning(f"{task}: a prompt of {len(ids)} tokens is over {why}; the end of its context was cut by "
-                    f"{len(ids) - len(kept)} tokens (as HELMET does), its instruction and question kept. Pass "
-                    f"max_length= in --model_args if the model holds more positions (this one: "
-                    f"{self._model.config.max_position_embeddings}).")
+        log.warning(
+            f"{task}: a prompt of {len(ids)} tokens is over {why}; the end of its context was cut by "
+            f"{len(ids) - len(kept)} tokens (as HELMET does), its instruction and question kept. Pass "
+            f"max_length= in --model_args if the model holds more positions (this one: "
+            f"{self._model.config.max_position_embeddings})."
+        )
         return shortened, kept, len(shortened) - len(template.suffix)
 
     def _fit(self, whole: list[int]) -> list[int]:
@@ -415,21 +474,30 @@ class KVBenchLM(TemplateLM):
             raise ValueError(f"a continuation of {len(continuation)} tokens exceeds max_length ({self.max_length})")
         whole = self._fit(context + continuation)
         return self._timed(
-            score_continuation, self._model, whole[: len(whole) - len(continuation)], continuation, self.method,
-            chunk_size=self.chunk_size, attn=self.attn,
+            score_continuation,
+            self._model,
+            whole[: len(whole) - len(continuation)],
+            continuation,
+            self.method,
+            chunk_size=self.chunk_size,
+            attn=self.attn,
         )
 
     def _left_truncate(self, ids: list[int], limit: int, why: str) -> list[int]:
         if len(ids) <= limit:
             return ids
-        log.warning(f"left truncation: a prompt of {len(ids)} tokens was cut to its last {limit} ({why}); "
-                    f"{len(ids) - limit} tokens were cut from the left")
+        log.warning(
+            f"left truncation: a prompt of {len(ids)} tokens was cut to its last {limit} ({why}); "
+            f"{len(ids) - limit} tokens were cut from the left"
+        )
         return ids[-limit:]
 
     def _refuse_agnostic(self, requests, kind: str) -> None:
         if self.query == "agnostic" and requests:
-            raise ValueError(f"{requests[0].task_name}: query=agnostic runs generate_until tasks; {kind} requests do "
-                             "not separate a context from its question. Run this task with query=aware.")
+            raise ValueError(
+                f"{requests[0].task_name}: query=agnostic runs generate_until tasks; {kind} requests do "
+                "not separate a context from its question. Run this task with query=aware."
+            )
 
     def _timed(self, fn, *args, **kwargs):
         start = time.perf_counter()
@@ -452,8 +520,11 @@ class KVBenchLM(TemplateLM):
             "device": str(self._device),
             "processes": self.world_size,
             "max_length": self.max_length,
-            "versions": {"kvbench": kvbench.__version__, "transformers": transformers.__version__,
-                         "torch": torch.__version__},
+            "versions": {
+                "kvbench": kvbench.__version__,
+                "transformers": transformers.__version__,
+                "torch": torch.__version__,
+            },
             **self.tally.summary(),
         }
         # Which data each task ran on (HELMET's files and their SHA-256, or a generator and its version).
@@ -496,8 +567,10 @@ def _load_method(name: str, params: dict):
     that kvbench's own conversion checks each parameter against its declared type."""
     # An integral float goes back as an integer ("-5", not "-5.0"): lm-eval parses "-5" as a float, and the
     # method's own check should then say what is wrong with -5 (its range), not that it is no integer.
-    as_given = {key: value if value is None else str(int(value) if isinstance(value, float) and value.is_integer()
-                                                     else value) for key, value in params.items()}
+    as_given = {
+        key: value if value is None else str(int(value) if isinstance(value, float) and value.is_integer() else value)
+        for key, value in params.items()
+    }
     try:
         return load_method(name, **as_given)
     except ValueError as error:

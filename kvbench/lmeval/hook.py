@@ -162,8 +162,11 @@ def quiet_git(logger_utils) -> None:
     import subprocess
 
     original = getattr(logger_utils, "get_git_commit_hash", None)
-    if original is None or not hasattr(logger_utils, "get_commit_from_path") or getattr(original, "_kvbench_quiet",
-                                                                                          False):
+    if (
+        original is None
+        or not hasattr(logger_utils, "get_commit_from_path")
+        or getattr(original, "_kvbench_quiet", False)
+    ):
         return
 
     def get_git_commit_hash():
@@ -234,10 +237,15 @@ def patch_tracker(tracker_module) -> None:
     cls.save_results_aggregated = save_results_aggregated
 
 
-WATCHED = {"lm_eval.models": register_model, "lm_eval.tasks.manager": patch_task_manager,
-           "lm_eval.api.group": patch_group_aggregation, "lm_eval._cli.harness": patch_cli,
-           "lm_eval.loggers.utils": quiet_git, "lm_eval.evaluator": patch_evaluate,
-           "lm_eval.loggers.evaluation_tracker": patch_tracker}
+WATCHED = {
+    "lm_eval.models": register_model,
+    "lm_eval.tasks.manager": patch_task_manager,
+    "lm_eval.api.group": patch_group_aggregation,
+    "lm_eval._cli.harness": patch_cli,
+    "lm_eval.loggers.utils": quiet_git,
+    "lm_eval.evaluator": patch_evaluate,
+    "lm_eval.loggers.evaluation_tracker": patch_tracker,
+}
 
 
 class _WrappedLoader:
@@ -252,8 +260,10 @@ class _WrappedLoader:
         try:
             self.callback(module)
         except Exception as error:  # never break lm-eval itself because of kvbench
-            print(f"kvbench: lm-eval hook failed ({type(error).__name__}: {error}); "
-                  f"`--model kvbench` may be unavailable", file=sys.stderr)
+            print(
+                f"kvbench: lm-eval hook failed ({type(error).__name__}: {error}); `--model kvbench` may be unavailable",
+                file=sys.stderr,
+            )
 
     def __getattr__(self, name):  # get_resource_reader, is_package, ... of the real loader
         return getattr(self.loader, name)

@@ -15,8 +15,14 @@ class FootprintTally:
         self.per_task: dict[str, list[dict]] = defaultdict(list)
         self.seconds = 0.0  # time spent in the engine, all requests
 
-    def add(self, task: str | None, *stats: FootprintStats, doc_id: int | None = None,
-            context_group: str | None = None, device_peak_bytes: dict[str, int] | None = None) -> None:
+    def add(
+        self,
+        task: str | None,
+        *stats: FootprintStats,
+        doc_id: int | None = None,
+        context_group: str | None = None,
+        device_peak_bytes: dict[str, int] | None = None,
+    ) -> None:
         """One lm-eval request of document `doc_id`. A rolling-loglikelihood request scored in several windows
         passes them all: it counts once, with its windows' mean footprint and their largest peaks.
         `device_peak_bytes`: the allocator's peak on each GPU over the request (reset when it began)."""
@@ -96,5 +102,7 @@ def _device_peaks(rows: list[dict]) -> dict:
             peaks[device] = max(peaks.get(device, 0), value)
     if not peaks:
         return {}
-    return {"gpu_peak_allocated_bytes": dict(sorted(peaks.items())),
-            "gpu_peak_allocated_bytes_total": sum(peaks.values())}
+    return {
+        "gpu_peak_allocated_bytes": dict(sorted(peaks.items())),
+        "gpu_peak_allocated_bytes_total": sum(peaks.values()),
+    }

@@ -19,8 +19,10 @@ class L2Norm(ScoreMethod):
 
     def validate(self) -> None:
         super().validate()
-        require(isinstance(self.skip_layers, int) and self.skip_layers >= 0,
-                f"skip_layers must be an integer >= 0; got {self.skip_layers!r}")
+        require(
+            isinstance(self.skip_layers, int) and self.skip_layers >= 0,
+            f"skip_layers must be an integer >= 0; got {self.skip_layers!r}",
+        )
 
     def select(self, view: KeepView):
         if view.layer < self.skip_layers:

@@ -14,7 +14,10 @@ CONTEXT_LENGTH = 16384  # what its positional heads were designed for (build.MAX
 PATTERN_DIR = Path(__file__).resolve().parent / "patterns"
 # Head patterns trained for it (`kvbench prulong train` / `kvbench duo train`, see patterns/README.md), used
 # as `method=prulong,pattern=kvbench-tiny` with the sink and window they were trained with.
-PATTERNS = {"prulong": PATTERN_DIR / "prulong" / "scores.tsv", "duoattention": PATTERN_DIR / "duoattention" / "gates.tsv"}
+PATTERNS = {
+    "prulong": PATTERN_DIR / "prulong" / "scores.tsv",
+    "duoattention": PATTERN_DIR / "duoattention" / "gates.tsv",
+}
 PATTERN_SINK, PATTERN_WINDOW = 4, 64  # layer 0 of kvbench-tiny looks back at most 36 tokens
 
 
@@ -37,15 +40,19 @@ def resolve_pretrained(name: str) -> str:
 
     if name == NAME:
         if not (MODEL_DIR / "model.safetensors").exists():
-            raise FileNotFoundError(f"the bundled {NAME} checkpoint is missing from {MODEL_DIR}; "
-                                    "rebuild it with `python -m kvbench.tiny.build`")
+            raise FileNotFoundError(
+                f"the bundled {NAME} checkpoint is missing from {MODEL_DIR}; "
+                "rebuild it with `python -m kvbench.tiny.build`"
+            )
         return str(MODEL_DIR)
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "") or path.exists():
-        raise FileNotFoundError(f"pretrained={name}: no such folder; point pretrained= at a checkpoint folder, "
-                                f"or use {NAME} (the bundled model) or a Hugging Face hub name (org/model)")
+        raise FileNotFoundError(
+            f"pretrained={name}: no such folder; point pretrained= at a checkpoint folder, "
+            f"or use {NAME} (the bundled model) or a Hugging Face hub name (org/model)"
+        )
     if difflib.get_close_matches(name, [NAME], cutoff=0.8):
         raise FileNotFoundError(f"pretrained={name}: no such model; did you mean {NAME} (the bundled model)?")
     return name

@@ -49,10 +49,12 @@ BETA = 24.0  # logit per matched feature in retrieval heads
 
 # --- tokenizer -------------------------------------------------------------------------------------------
 
-TEMPLATE_WORDS = ("Find the value of key in list below Key Value Use given documents to answer question Document is "
-                  "Question what Answer Rank by how many words query they contain most first Write IDs relevant "
-                  "this format Ranking ID Query provided mapping from text label assign Only output and nothing "
-                  "else").split()
+TEMPLATE_WORDS = (
+    "Find the value of key in list below Key Value Use given documents to answer question Document is "
+    "Question what Answer Rank by how many words query they contain most first Write IDs relevant "
+    "this format Ranking ID Query provided mapping from text label assign Only output and nothing "
+    "else"
+).split()
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 NUMBERS = [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)]  # numbers split in 2-digit chunks
 # Tokens whose presence at an offset is a condition (">" and "Ranking": where a ranked ID's chunks go).
@@ -83,7 +85,8 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
@@ -105,28 +108,55 @@ def _layout(spec: list[tuple[str, int]]) -> dict[str, slice]:
 
 
 # Token features from the embedding, slots written by layer 0, and OUT read by the unembedding.
-LAYOUT = _layout([
-    ("const", 1), ("bos", 1), ("letter", 26), ("marker", len(MARKERS)), ("word", len(WORDS)),
-    ("attr", len(CLASSES)), ("topic_class", len(CLASSES)), ("topic", 1), ("num", NUM_FEATURES),
-    ("is_num", 1), ("is_word", 1),
-    ("m1", len(MARKERS)), ("m2", len(MARKERS)), ("m3", len(MARKERS)),
-    ("l3", 26), ("l4", 26), ("l5", 26), ("l6", 26), ("l7", 26), ("a11", len(CLASSES)), ("window_class", len(CLASSES)),
-    ("out_num", NUM_FEATURES), ("out_word", len(WORDS)), ("out_newline", 1),
-    # Re-rank. "chunk": a two-digit token's own identity (embedding); after layer 0, at a document's last
-    # word, its ID's two chunks, and at a ranking position, the chunks of the IDs already written. "id_hi":
-    # the number features of the document ID's first chunk, at the document's last word. The "word" slot
-    # doubles as a bag of words: a document's four words at its last word, the query's words while ranking.
-    ("chunk", CHUNKS), ("id_hi", NUM_FEATURES),
-])
+LAYOUT = _layout(
+    [
+        ("const", 1),
+        ("bos", 1),
+        ("letter", 26),
+        ("marker", len(MARKERS)),
+        ("word", len(WORDS)),
+        ("attr", len(CLASSES)),
+        ("topic_class", len(CLASSES)),
+        ("topic", 1),
+        ("num", NUM_FEATURES),
+        ("is_num", 1),
+        ("is_word", 1),
+        ("m1", len(MARKERS)),
+        ("m2", len(MARKERS)),
+        ("m3", len(MARKERS)),
+        ("l3", 26),
+        ("l4", 26),
+        ("l5", 26),
+        ("l6", 26),
+        ("l7", 26),
+        ("a11", len(CLASSES)),
+        ("window_class", len(CLASSES)),
+        ("out_num", NUM_FEATURES),
+        ("out_word", len(WORDS)),
+        ("out_newline", 1),
+        # Re-rank. "chunk": a two-digit token's own identity (embedding); after layer 0, at a document's last
+        # word, its ID's two chunks, and at a ranking position, the chunks of the IDs already written. "id_hi":
+        # the number features of the document ID's first chunk, at the document's last word. The "word" slot
+        # doubles as a bag of words: a document's four words at its last word, the query's words while ranking.
+        ("chunk", CHUNKS),
+        ("id_hi", NUM_FEATURES),
+    ]
+)
 HIDDEN = 490  # a multiple of NUM_HEADS (transformers checks); 25 MB of float32 with 10 heads of 256
 assert LAYOUT["_size"] <= HIDDEN
 
 # What a layer-0 offset head copies: these features of the token `delta` back (one value vector for all).
 COPIED = ["letter", "marker", "attr", "topic_class", "word", "chunk", "num"]
-OFFSET_HEADS = {1: {"marker": "m1", "chunk": "chunk"}, 2: {"marker": "m2", "word": "word"},
-                3: {"marker": "m3", "letter": "l3", "chunk": "chunk", "num": "id_hi"},
-                4: {"letter": "l4", "word": "word"},
-                5: {"letter": "l5"}, 6: {"letter": "l6", "word": "word"}, 7: {"letter": "l7"}, 11: {"attr": "a11"}}
+OFFSET_HEADS = {
+    1: {"marker": "m1", "chunk": "chunk"},
+    2: {"marker": "m2", "word": "word"},
+    3: {"marker": "m3", "letter": "l3", "chunk": "chunk", "num": "id_hi"},
+    4: {"letter": "l4", "word": "word"},
+    5: {"letter": "l5"},
+    6: {"letter": "l6", "word": "word"},
+    7: {"letter": "l7"},
+    11: {"attr": "a11"},
+}
 # Re-rank documents are "[ID: 12 34] Document: w1 w2 w3 w4": from w4, the words sit 2, 4 and 6 back (heads 2,
 # 4, 6 add them to w4's own word: its bag) and the ID's chunks 12 and 13 back. At a word token heads 1 and 3
 # look 12 and 13 back instead of 1 and 3 (what they write at word tokens is read by no other task's lookup).
@@ -174,6 +204,7 @@ def token_features(token: str) -> np.ndarray:
 
 # --- RoPE kernels ----------------------------------------------------------------------------------------
 
+
 def thetas() -> np.ndarray:
     return ROPE_THETA ** (-np.arange(0, HEAD_DIM, 2) / HEAD_DIM)
 
@@ -189,11 +220,20 @@ def kernel_amplitudes(inside: int, horizon: int = MAX_CONTEXT) -> tuple[np.ndarr
     n = len(theta)  # variables: A (n), lo, gap; maximise gap
     cost = np.zeros(n + 2)
     cost[-1] = -1
-    rows = [np.hstack([-c_in, np.ones((len(d_in), 1)), np.zeros((len(d_in), 1))]),  # lo - S_in <= 0
-            np.hstack([c_out, -np.ones((len(d_out), 1)), np.ones((len(d_out), 1))])]  # S_out - lo + gap <= 0
+    rows = [
+        np.hstack([-c_in, np.ones((len(d_in), 1)), np.zeros((len(d_in), 1))]),  # lo - S_in <= 0
+        np.hstack([c_out, -np.ones((len(d_out), 1)), np.ones((len(d_out), 1))]),
+    ]  # S_out - lo + gap <= 0
     bounds = [(0, None)] * n + [(None, None), (None, None)]
-    res = linprog(cost, A_ub=np.vstack(rows), b_ub=np.zeros(len(d_in) + len(d_out)),
-                  A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 2))]), b_eq=[1], bounds=bounds, method="highs")
+    res = linprog(
+        cost,
+        A_ub=np.vstack(rows),
+        b_ub=np.zeros(len(d_in) + len(d_out)),
+        A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 2))]),
+        b_eq=[1],
+        bounds=bounds,
+        method="highs",
+    )
     assert res.success, res.message
     amps = res.x[:n]
     spread = float(c_in.dot(amps).max() - c_in.dot(amps).min())
@@ -219,8 +259,15 @@ def gather_kernel(inside: int, outside: int, horizon: int = MAX_CONTEXT + 64, ri
 
     a_ub = np.vstack([rows(-c_in, 1, 0), rows(c_in, -1, 0), rows(c_mid, -1, 0), rows(c_out, -1, 1)])
     b_ub = np.concatenate([np.zeros(len(c_in)), np.full(len(c_in) + len(c_mid), ripple), np.zeros(len(c_out))])
-    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 2))]), b_eq=[1],
-                  bounds=[(0, None)] * n + [(None, None), (None, None)], method="highs")
+    res = linprog(
+        cost,
+        A_ub=a_ub,
+        b_ub=b_ub,
+        A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 2))]),
+        b_eq=[1],
+        bounds=[(0, None)] * n + [(None, None), (None, None)],
+        method="highs",
+    )
     assert res.success, res.message
     return res.x[:n], float(res.x[-1]), ripple
 
@@ -249,6 +296,7 @@ def content_dims(n: int, first_pair: int = POSITIONAL_PAIRS, slowest_first: bool
 
 # --- weights ---------------------------------------------------------------------------------------------
 
+
 class Weights:
     """The checkpoint's tensors as numpy arrays, in the residual layout above."""
 
@@ -257,8 +305,15 @@ class Weights:
         self.vocab = vocab
         self.rms = BIG / np.sqrt(d)  # what every RMSNorm divides by (the constant coordinate dominates)
         self.embed = np.stack([token_features(t) for t in vocab])
-        self.layers = [{"q": np.zeros((NUM_HEADS * hd, d)), "k": np.zeros((NUM_KV_HEADS * hd, d)),
-                        "v": np.zeros((NUM_KV_HEADS * hd, d)), "o": np.zeros((d, NUM_HEADS * hd))} for _ in range(2)]
+        self.layers = [
+            {
+                "q": np.zeros((NUM_HEADS * hd, d)),
+                "k": np.zeros((NUM_KV_HEADS * hd, d)),
+                "v": np.zeros((NUM_KV_HEADS * hd, d)),
+                "o": np.zeros((d, NUM_HEADS * hd)),
+            }
+            for _ in range(2)
+        ]
         self.lm_head = np.zeros((len(vocab), d))
         self.final_norm = np.zeros(d)
 
@@ -346,13 +401,21 @@ def build_weights(vocab: list[str]) -> tuple[Weights, dict]:
     # Layer 1: retrieval. Group 0 matches letter slots (recall, RAG) and the window class (ICL); group 1 ranks.
     l1 = w.layers[1]
     flags = {  # condition features a key position may need: (slice name, index)
-        "m1_space": ("m1", MARKERS.index(" ")), "m2_colon": ("m2", MARKERS.index(":")),
-        "m2_space": ("m2", MARKERS.index(" ")), "m3_colon": ("m3", MARKERS.index(":")),
-        "m2_is": ("m2", MARKERS.index("is")), "m3_label": ("m3", MARKERS.index("label")),
-        "is_num": ("is_num", 0), "is_word": ("is_word", 0), "bos": ("bos", 0),
+        "m1_space": ("m1", MARKERS.index(" ")),
+        "m2_colon": ("m2", MARKERS.index(":")),
+        "m2_space": ("m2", MARKERS.index(" ")),
+        "m3_colon": ("m3", MARKERS.index(":")),
+        "m2_is": ("m2", MARKERS.index("is")),
+        "m3_label": ("m3", MARKERS.index("label")),
+        "is_num": ("is_num", 0),
+        "is_word": ("is_word", 0),
+        "bos": ("bos", 0),
     }
-    key_features = [(f"l{d}", i) for d in range(3, 8) for i in range(26)] + [("a11", i) for i in range(6)] + \
-        [("window_class", i) for i in range(6)]
+    key_features = (
+        [(f"l{d}", i) for d in range(3, 8) for i in range(26)]
+        + [("a11", i) for i in range(6)]
+        + [("window_class", i) for i in range(6)]
+    )
     feats = key_features + list(flags.values())
     for dim, (name, i) in zip(content_dims(len(feats)), feats):
         w.k_row(1, 0, dim)[:] = w.read(name, i)
@@ -365,8 +428,13 @@ def build_weights(vocab: list[str]) -> tuple[Weights, dict]:
     retrieval = [  # (head, matched slot pairs, key flags, gate = marker slot that marks the question's end, output)
         (0, [(f"l{d}", f"l{d}", 26) for d in (3, 4, 5, 6)], ["m1_space", "m2_colon", "is_num"], ("m1", "Value"), "num"),
         (1, [(f"l{d}", f"l{d}", 26) for d in (4, 5, 6, 7)], ["m2_space", "m3_colon", "is_num"], ("m2", "Value"), "num"),
-        (2, [(f"l{d}", f"l{d}", 26) for d in (4, 5, 6, 7)] + [("a11", "a11", 6)], ["m2_is", "is_word"],
-         ("m1", "Answer"), "word"),
+        (
+            2,
+            [(f"l{d}", f"l{d}", 26) for d in (4, 5, 6, 7)] + [("a11", "a11", 6)],
+            ["m2_is", "is_word"],
+            ("m1", "Answer"),
+            "word",
+        ),
         (3, [("window_class", "window_class", 6)], ["m3_label", "is_num"], ("m1", "label"), "num"),
     ]
     for head, pairs, key_flags, (gate_slot, gate_token), output in retrieval:
@@ -440,8 +508,12 @@ TB_PAIR = 25  # RoPE pair of the tie-break: 7.5e-4 rad per token, sin() rises ov
 M_R = 2e4  # per digit shared with the first chunk just written (second-chunk head): beats a doc sharing one digit
 # even when the wanted document holds the current chunk twice (and so loses 2 B_R, see the sink below)
 G_R = 1e5  # the sink's lead outside a ranking position
-RERANK_KEYS = [("bos", 0), ("is_word", 0), ("id_hi", 20)] + [("id_hi", i) for i in range(20)] + \
-    [("chunk", i) for i in range(CHUNKS)] + [("word", i) for i in range(len(WORDS))]
+RERANK_KEYS = (
+    [("bos", 0), ("is_word", 0), ("id_hi", 20)]
+    + [("id_hi", i) for i in range(20)]
+    + [("chunk", i) for i in range(CHUNKS)]
+    + [("word", i) for i in range(len(WORDS))]
+)
 # The largest weights on the RoPE pairs that turn least (pair 127 down): a pair holds two features, and turning
 # by theta*d mixes them in by sin(theta*d). The words (the smallest weights) end on pairs 42-47.
 RERANK_KDIM = dict(zip(RERANK_KEYS, content_dims(len(RERANK_KEYS), first_pair=38, slowest_first=True)))
@@ -471,8 +543,10 @@ def build_rerank(w: Weights, scale: float, report: dict) -> None:
     tb = positional_query(tb_amps, np.pi / 2 / theta) * scale  # T_R cos(theta d - pi/2) = T_R sin(theta d)
     gt, ranking = MARKERS.index(">"), MARKERS.index("Ranking")
     for role, head in RERANK_HEADS.items():
+
         def row(key):
             return w.q_row(1, head, RERANK_KDIM[key])
+
         for i in range(len(WORDS)):
             row(("word", i))[:] = BETA_R * scale * w.read("word", i)
         for c in range(CHUNKS):
@@ -492,7 +566,8 @@ def build_rerank(w: Weights, scale: float, report: dict) -> None:
             # the wanted one included, loses B_R (and a little more through the gather), twice for an ID like
             # 6161; the sink sits below that.
             sink = (2 * A_R + 2 * M_R - 3 * B_R - 20 + 2 * G_R) * w.read("const") - G_R * (
-                w.read("is_num") + w.read("m1", gt) + w.read("m2", ranking))
+                w.read("is_num") + w.read("m1", gt) + w.read("m2", ranking)
+            )
             out = NUM_FEATURES
         row(("bos", 0))[:] = scale * sink
         for i in range(NUM_FEATURES):
@@ -512,25 +587,44 @@ def save(out: Path) -> dict:
     assert [tokenizer.convert_ids_to_tokens(i) for i in range(len(vocab))] == vocab
     w, report = build_weights(vocab)
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=HIDDEN, intermediate_size=8, num_hidden_layers=2,
-        num_attention_heads=NUM_HEADS, num_key_value_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
-        max_position_embeddings=MAX_CONTEXT, rope_theta=ROPE_THETA, rms_norm_eps=1e-6, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, dtype="float32",
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        intermediate_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=NUM_HEADS,
+        num_key_value_heads=NUM_KV_HEADS,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=MAX_CONTEXT,
+        rope_theta=ROPE_THETA,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        dtype="float32",
     )
     config.architectures = ["LlamaForCausalLM"]
     tensors = {"model.embed_tokens.weight": w.embed, "model.norm.weight": w.final_norm, "lm_head.weight": w.lm_head}
     for i, layer in enumerate(w.layers):
         p = f"model.layers.{i}."
-        tensors.update({
-            p + "input_layernorm.weight": np.ones(HIDDEN), p + "post_attention_layernorm.weight": np.ones(HIDDEN),
-            p + "self_attn.q_proj.weight": layer["q"], p + "self_attn.k_proj.weight": layer["k"],
-            p + "self_attn.v_proj.weight": layer["v"], p + "self_attn.o_proj.weight": layer["o"],
-            # The MLPs are unused (zero): every step of the lookup is attention.
-            p + "mlp.gate_proj.weight": np.zeros((8, HIDDEN)), p + "mlp.up_proj.weight": np.zeros((8, HIDDEN)),
-            p + "mlp.down_proj.weight": np.zeros((HIDDEN, 8)),
-        })
-    save_file({k: torch.tensor(v, dtype=torch.float32).contiguous() for k, v in tensors.items()},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
+        tensors.update(
+            {
+                p + "input_layernorm.weight": np.ones(HIDDEN),
+                p + "post_attention_layernorm.weight": np.ones(HIDDEN),
+                p + "self_attn.q_proj.weight": layer["q"],
+                p + "self_attn.k_proj.weight": layer["k"],
+                p + "self_attn.v_proj.weight": layer["v"],
+                p + "self_attn.o_proj.weight": layer["o"],
+                # The MLPs are unused (zero): every step of the lookup is attention.
+                p + "mlp.gate_proj.weight": np.zeros((8, HIDDEN)),
+                p + "mlp.up_proj.weight": np.zeros((8, HIDDEN)),
+                p + "mlp.down_proj.weight": np.zeros((HIDDEN, 8)),
+            }
+        )
+    save_file(
+        {k: torch.tensor(v, dtype=torch.float32).contiguous() for k, v in tensors.items()},
+        str(out / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "construction.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -27,19 +27,30 @@ METHODS = [
     ("duoattention", HEADS, [0.25, 0.5, 0.75]),
     ("prulong", HEADS, [0.25, 0.5, 0.75]),
 ]
-QUICK_METHODS = [("full", {}, None), ("streamingllm", {"sink": 4}, [32]),
-                 ("snapkv", {"schedule": "patched", **SCORING}, [0.05]), ("prulong", HEADS, [0.5])]
+QUICK_METHODS = [
+    ("full", {}, None),
+    ("streamingllm", {"sink": 4}, [32]),
+    ("snapkv", {"schedule": "patched", **SCORING}, [0.05]),
+    ("prulong", HEADS, [0.5]),
+]
 
 
 def config(samples: int = 5, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS) -> dict:
     methods = []
-    for name, params, values in (QUICK_METHODS if quick else METHODS):
+    for name, params, values in QUICK_METHODS if quick else METHODS:
         entry = {"name": name, "params": dict(params)}
         if values:
             entry["values"] = values
         methods.append(entry)
-    return {"models": [tiny.NAME], "methods": methods, "tasks": list(tasks), "context_lengths": [length],
-            "chunk_sizes": [chunk_size], "metadata": {"num_samples": samples}, "model_args": {"device": "cpu"}}
+    return {
+        "models": [tiny.NAME],
+        "methods": methods,
+        "tasks": list(tasks),
+        "context_lengths": [length],
+        "chunk_sizes": [chunk_size],
+        "metadata": {"num_samples": samples},
+        "model_args": {"device": "cpu"},
+    }
 
 
 # What a demo costs, measured 2026-12-02 on a quiet 2-core CPU (AMD EPYC VM, torch 2.13 CPU): the full demo, 76 cells
@@ -52,8 +63,16 @@ def estimate_seconds(cells: int, samples: int, length: int) -> float:
     return SECONDS_TO_START + cells * (SECONDS_PER_CELL + SECONDS_PER_1K_PROMPT * samples * length / 1024)
 
 
-def run(out, samples: int = 5, length: int = 1024, chunk_size: int = 256, quick: bool = False, tasks=TASKS,
-        threshold: float = 0.9, print_fn=print) -> str:
+def run(
+    out,
+    samples: int = 5,
+    length: int = 1024,
+    chunk_size: int = 256,
+    quick: bool = False,
+    tasks=TASKS,
+    threshold: float = 0.9,
+    print_fn=print,
+) -> str:
     """Run (or resume) the demo sweep under `out`; write leaderboard.md and leaderboard.png; return the table.
     It says first how many cells it will run and about how long that takes, so a slow machine is no surprise."""
     from kvbench import leaderboard, scoring, sweep
@@ -65,9 +84,11 @@ def run(out, samples: int = 5, length: int = 1024, chunk_size: int = 256, quick:
     config_path.write_text(yaml.safe_dump(grid, sort_keys=False))
     todo = [cell for cell in sweep.cells(grid) if not sweep.is_done(cell, out / "results")]
     minutes = estimate_seconds(len(todo), samples, length) / 60 if todo else 0
-    print_fn(f"demo: {len(todo)} cells to run ({len(sweep.cells(grid))} in all: method settings x {len(tasks)} tasks), "
-             f"{samples} prompt(s) each at {length} tokens; about {max(minutes, 0.5):.1f} min on a quiet 2-core CPU "
-             "(measured), longer on a busy one. Interrupted, it resumes where it stopped.")
+    print_fn(
+        f"demo: {len(todo)} cells to run ({len(sweep.cells(grid))} in all: method settings x {len(tasks)} tasks), "
+        f"{samples} prompt(s) each at {length} tokens; about {max(minutes, 0.5):.1f} min on a quiet 2-core CPU "
+        "(measured), longer on a busy one. Interrupted, it resumes where it stopped."
+    )
     sweep.run_sweep(config_path, out / "results", print_fn=print_fn)
     # Score this config's cells only: OUT/results may also hold an earlier demo's (say, --quick) cells.
     runs = scoring.load_runs([cell.folder(out / "results") / "results.json" for cell in sweep.cells(grid)])

@@ -49,9 +49,19 @@ def score(task: str, output: str, sample: dict) -> float:
     return metrics.ndcg_at_10(output, qrels)
 
 
-def evaluate(model, tokenizer, task: str, method=None, *, length: int = 1024, num_samples: int = 20,
-             chunk_size: int = 256, seed: int = 42, prompts: list[dict] | None = None,
-             query: str = "aware") -> TaskResult:
+def evaluate(
+    model,
+    tokenizer,
+    task: str,
+    method=None,
+    *,
+    length: int = 1024,
+    num_samples: int = 20,
+    chunk_size: int = 256,
+    seed: int = 42,
+    prompts: list[dict] | None = None,
+    query: str = "aware",
+) -> TaskResult:
     """`query="agnostic"`: each prompt's context is prefilled and evicted before its question is fed."""
     from kvbench.engine import QUERY_MODES, generate
 
@@ -64,10 +74,19 @@ def evaluate(model, tokenizer, task: str, method=None, *, length: int = 1024, nu
         m = method() if callable(method) and not hasattr(method, "name") else method
         prompt, question_start = sample["prompt"], None
         if query == "agnostic":
-            prompt, question_start = common.question_token(tokenizer, prompt,
-                                                           len(prompt) - len(sample["template"].suffix))
-        result = generate(model, prompt, m, tokenizer=tokenizer, chunk_size=chunk_size, question_start=question_start,
-                          max_new_tokens=synth.GEN_TOKENS[task], stop=["\n"])
+            prompt, question_start = common.question_token(
+                tokenizer, prompt, len(prompt) - len(sample["template"].suffix)
+            )
+        result = generate(
+            model,
+            prompt,
+            m,
+            tokenizer=tokenizer,
+            chunk_size=chunk_size,
+            question_start=question_start,
+            max_new_tokens=synth.GEN_TOKENS[task],
+            stop=["\n"],
+        )
         scores.append(score(task, result.text, sample))
         footprints.append(result.stats.kv_footprint)
         peaks.append(result.stats.kv_peak)
@@ -106,17 +125,31 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--method", nargs="*", default=["full"], help="NAME key=value ...")
-    parser.add_argument("--query", choices=["aware", "agnostic"], default="aware",
-                        help="agnostic: each context prefilled and evicted before its question")
+    parser.add_argument(
+        "--query",
+        choices=["aware", "agnostic"],
+        default="aware",
+        help="agnostic: each context prefilled and evicted before its question",
+    )
     args = parser.parse_args(argv)
     model, tokenizer = tiny.load()
     name, params = args.method[0], dict(p.split("=", 1) for p in args.method[1:])
     for task in args.tasks:
-        r = evaluate(model, tokenizer, task, lambda: kvbench.load_method(name, **params), length=args.length,
-                     num_samples=args.samples, chunk_size=args.chunk_size, query=args.query)
+        r = evaluate(
+            model,
+            tokenizer,
+            task,
+            lambda: kvbench.load_method(name, **params),
+            length=args.length,
+            num_samples=args.samples,
+            chunk_size=args.chunk_size,
+            query=args.query,
+        )
         guess = chance(task, tokenizer, args.length)
-        print(f"{task:14s} length {args.length} score {r.score:.3f} (chance {guess:.3f}) "
-              f"kv_footprint {r.kv_footprint:.3f} kv_peak {r.kv_peak:.3f} n={r.samples}")
+        print(
+            f"{task:14s} length {args.length} score {r.score:.3f} (chance {guess:.3f}) "
+            f"kv_footprint {r.kv_footprint:.3f} kv_peak {r.kv_peak:.3f} n={r.samples}"
+        )
     return 0
 
 

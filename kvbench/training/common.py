@@ -166,8 +166,11 @@ class Trainer:
                     if accelerator.is_main_process:
                         with log_path.open("a") as f:
                             f.write(json.dumps(record) + "\n")
-                    bar.update(job, description=f"{self.name} " + " ".join(
-                        f"{k} {v:.3g}" for k, v in record.items() if k != "step"))
+                    bar.update(
+                        job,
+                        description=f"{self.name} "
+                        + " ".join(f"{k} {v:.3g}" for k, v in record.items() if k != "step"),
+                    )
                 bar.advance(job)
         if not accelerator.is_main_process:
             return {}

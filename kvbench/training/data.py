@@ -40,12 +40,13 @@ def answer_sequence(tokenizer, prompt: str, answer: str) -> Sequence:
     answer_ids = tokenizer(answer + "\n", add_special_tokens=False).input_ids
     ids = torch.tensor(prompt_ids + answer_ids)
     mask = torch.zeros(len(ids), dtype=torch.bool)
-    mask[len(prompt_ids):] = True
+    mask[len(prompt_ids) :] = True
     return Sequence(ids, mask)
 
 
-def synthetic_sequences(tokenizer, tasks=("synth_recall",), length: int = 1024, seed: int = 0,
-                        answer_fn=None) -> Iterator[Sequence]:
+def synthetic_sequences(
+    tokenizer, tasks=("synth_recall",), length: int = 1024, seed: int = 0, answer_fn=None
+) -> Iterator[Sequence]:
     """An endless stream of synthetic prompts, the tasks taken in turn, supervised on the gold answer or, with
     `answer_fn(task, prompt)`, on another (e.g. the model's own full-attention answer)."""
     unknown = sorted(set(tasks) - set(SYNTHETIC))
@@ -97,11 +98,13 @@ def _read_file(tokenizer, path: Path, length: int) -> list[Sequence]:
 
 def _cut(ids: list[int], length: int) -> list[Sequence]:
     """Consecutive sequences of `length` tokens (the last one shorter), loss on every token."""
-    pieces = [torch.tensor(ids[i:i + length]) for i in range(0, len(ids), length)]
+    pieces = [torch.tensor(ids[i : i + length]) for i in range(0, len(ids), length)]
     return [Sequence(p, torch.ones(len(p), dtype=torch.bool)) for p in pieces if len(p) >= 2]
 
 
-def batches(sequences: Iterator[Sequence], batch_size: int, pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    sequences: Iterator[Sequence], batch_size: int, pad_id: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(ids [b, n], loss_mask [b, n]) right-padded: padding comes after every real token, so causal
     attention keeps it out of them, and the mask keeps it out of the loss."""
     while True:
@@ -112,13 +115,14 @@ def batches(sequences: Iterator[Sequence], batch_size: int, pad_id: int = 0) -> 
         ids = torch.full((len(group), n), pad_id, dtype=torch.long)
         mask = torch.zeros((len(group), n), dtype=torch.bool)
         for row, s in enumerate(group):
-            ids[row, :len(s.ids)] = s.ids
-            mask[row, :len(s.ids)] = s.loss_mask
+            ids[row, : len(s.ids)] = s.ids
+            mask[row, : len(s.ids)] = s.loss_mask
         yield ids, mask
 
 
-def next_token_loss(model, hidden: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor,
-                    chunk: int = 4096) -> torch.Tensor:
+def next_token_loss(
+    model, hidden: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int = 4096
+) -> torch.Tensor:
     """Mean cross-entropy of predicting ids[:, i] from the final hidden state at i - 1, over the masked tokens.
 
     The output layer runs on the supervised positions only, `chunk` at a time under checkpointing: a long
@@ -135,6 +139,8 @@ def next_token_loss(model, hidden: torch.Tensor, ids: torch.Tensor, loss_mask: t
     def summed(h, t):
         return torch.nn.functional.cross_entropy(head(h).float(), t, reduction="sum")
 
-    total = sum(checkpoint(summed, states[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
-                for i in range(0, len(targets), chunk))
+    total = sum(
+        checkpoint(summed, states[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+        for i in range(0, len(targets), chunk)
+    )
     return total / len(targets)

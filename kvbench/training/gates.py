@@ -23,9 +23,16 @@ LOG_ALPHA_INIT_STD = 0.01
 
 
 class HardConcreteGates(nn.Module):
-    def __init__(self, num_layers: int, num_kv_heads: int, temperature: float = TEMPERATURE,
-                 stretch: tuple[float, float] = STRETCH, init: float = LOG_ALPHA_INIT,
-                 init_std: float = LOG_ALPHA_INIT_STD, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        temperature: float = TEMPERATURE,
+        stretch: tuple[float, float] = STRETCH,
+        init: float = LOG_ALPHA_INIT,
+        init_std: float = LOG_ALPHA_INIT_STD,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         low, high = stretch
         if not (low < 0 and high > 1):

@@ -66,10 +66,16 @@ def streaming_attention(query, key, value, scaling: float, sink: int, window: in
         q_pos = torch.arange(start, end, device=query.device)[:, None]
         k_pos = index[None, :]
         visible = (k_pos <= q_pos) & ((k_pos < sink) | (q_pos - k_pos <= window))
-        blocks.append(F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, index], value[:, :, index], attn_mask=visible, scale=scaling,
-            enable_gqa=gqa,
-        ))
+        blocks.append(
+            F.scaled_dot_product_attention(
+                query[:, :, start:end],
+                key[:, :, index],
+                value[:, :, index],
+                attn_mask=visible,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+        )
     return torch.cat(blocks, dim=2)
 
 

@@ -43,15 +43,27 @@ class GatedModel(nn.Module):
         t = target_sparsity(step, self.settings.steps, self.target, self.warmup)
         sparsity = self.gates.expected_sparsity()
         loss = lm_loss + self.lagrangian(sparsity, t)
-        return loss, {"lm_loss": lm_loss.item(), "expected_sparsity": sparsity.item(), "target": t,
-                      "lambda1": self.lagrangian.lambda1.item(), "lambda2": self.lagrangian.lambda2.item()}
+        return loss, {
+            "lm_loss": lm_loss.item(),
+            "expected_sparsity": sparsity.item(),
+            "target": t,
+            "lambda1": self.lagrangian.lambda1.item(),
+            "lambda2": self.lagrangian.lambda2.item(),
+        }
 
 
 class PruLongTrainer(Trainer):
     name = "prulong"
 
-    def __init__(self, settings: TrainSettings, target_sparsity: float = 0.5, warmup_fraction: float = 0.8,
-                 lambda_lr: float = 1.0, export_sparsity: float | None = None, min_full_per_layer: int = 0):
+    def __init__(
+        self,
+        settings: TrainSettings,
+        target_sparsity: float = 0.5,
+        warmup_fraction: float = 0.8,
+        lambda_lr: float = 1.0,
+        export_sparsity: float | None = None,
+        min_full_per_layer: int = 0,
+    ):
         check_target(target_sparsity)
         if not 0 <= warmup_fraction <= 1:
             raise ValueError(f"warmup fraction must be in [0, 1]; got {warmup_fraction!r}")
@@ -91,10 +103,16 @@ class PruLongTrainer(Trainer):
         try:
             pattern = patterns.binary_pattern(scores, self.export_sparsity, self.min_full_per_layer)
         except ValueError as error:
-            raise ValueError(f"{error} (the learned scores are saved in {out / 'scores.tsv'}: "
-                             "`kvbench prulong export` them at another sparsity)") from None
+            raise ValueError(
+                f"{error} (the learned scores are saved in {out / 'scores.tsv'}: "
+                "`kvbench prulong export` them at another sparsity)"
+            ) from None
         patterns.write_table(pattern, out / "pattern.tsv")
         with torch.no_grad():
-            return {"scores": out / "scores.tsv", "pattern": out / "pattern.tsv", "log": log,
-                    "expected_sparsity": gates.expected_sparsity().item(),
-                    "deterministic_sparsity": (gates.deterministic() == 0).double().mean().item()}
+            return {
+                "scores": out / "scores.tsv",
+                "pattern": out / "pattern.tsv",
+                "log": log,
+                "expected_sparsity": gates.expected_sparsity().item(),
+                "deterministic_sparsity": (gates.deterministic() == 0).double().mean().item(),
+            }

@@ -21,8 +21,16 @@ def test_keeps_what_the_newest_query_attends_to():
     keys[0, 4, 1] = 4.0
     query = torch.tensor([1.0, 1.0, 0.0, 0.0])
     view = KeepView(
-        layer=0, group=0, heads=[0], phase=Phase(is_decode=True), positions=torch.arange(6)[None],
-        keys=keys, values=torch.zeros_like(keys), queries=query.view(1, 1, 1, 4), num_new=1, scaling=1.0,
+        layer=0,
+        group=0,
+        heads=[0],
+        phase=Phase(is_decode=True),
+        positions=torch.arange(6)[None],
+        keys=keys,
+        values=torch.zeros_like(keys),
+        queries=query.view(1, 1, 1, 4),
+        num_new=1,
+        scaling=1.0,
     )
     assert Tova(budget=2).select(view).tolist() == [[2, 4]]
     assert Tova(budget=6).select(view) is None
