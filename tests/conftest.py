@@ -55,32 +55,3 @@ def llama():
 def random_prompt(length: int, seed: int = 0, vocab: int = 256) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (length,), generator=generator)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def lm_eval_task_index_once():
-    """lm-eval indexes its own thousands of task YAMLs whenever a TaskManager is made (seconds each time, in every
-    in-process lm-eval run of the suite). That folder does not change during a session: index it once. Other folders
-    (kvbench's tasks, a test's own) are indexed as usual, and later folders still override earlier ones."""
-    from pathlib import Path
-
-    from lm_eval.tasks import _index
-
-    original = _index.TaskIndex.build
-    lm_eval_tasks = Path(_index.__file__).resolve().parent
-    cached: dict = {}
-
-    def build(paths, *, resolve_includes=True):
-        index = {}
-        for root in paths:
-            if Path(root).resolve() == lm_eval_tasks and resolve_includes:
-                if "lm_eval" not in cached:
-                    cached["lm_eval"] = original([root], resolve_includes=resolve_includes)
-                index.update(cached["lm_eval"])
-            else:
-                index.update(original([root], resolve_includes=resolve_includes))
-        return index
-
-    _index.TaskIndex.build = staticmethod(build)
-    yield
-    _index.TaskIndex.build = staticmethod(original)

@@ -88,6 +88,7 @@ def streaming_run(checkpoint, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_lm_eval_command_reports_footprint_per_task(streaming_run):
     results, samples, _ = streaming_run
     run = results["config"]["kvbench"]
@@ -150,6 +151,7 @@ def test_without_log_samples_lm_eval_still_leaves_compact_per_sample_rows_the_sc
     assert all(task.samples is not None and task.n == 2 for task in run.tasks)
 
 
+@pytest.mark.slow
 def test_task_footprint_is_the_mean_of_its_requests_measured_by_the_engine(streaming_run, checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -186,6 +188,7 @@ def test_task_footprint_is_the_mean_of_its_requests_measured_by_the_engine(strea
     assert len({s.stats.kv_footprint for s in scorings}) > 1  # a real mean over different requests
 
 
+@pytest.mark.slow
 def test_plain_hf_backend_still_works_and_kvbench_eval_gives_the_same_result(
     streaming_run, checkpoint, tmp_path_factory
 ):
@@ -390,6 +393,7 @@ def test_interpreter_start_imports_no_kvbench_torch_or_lm_eval():
     assert heavy == []
 
 
+@pytest.mark.slow
 def test_hook_registers_kvbench_after_lm_evals_own_backends(tmp_path):
     code = (
         "from lm_eval.api.registry import get_model, model_registry\n"
@@ -401,6 +405,7 @@ def test_hook_registers_kvbench_after_lm_evals_own_backends(tmp_path):
     assert (hf, ours) == ("HFLM", "KVBenchLM") and int(count) > 30  # every built-in backend is still there
 
 
+@pytest.mark.slow
 def test_hook_makes_kvbench_tasks_visible_to_the_task_manager(tmp_path):
     # A stand-in kvbench on PYTHONPATH with a task folder, as the installed package will ship kvbench/tasks/.
     (tmp_path / "kvbench" / "tasks" / "recall").mkdir(parents=True)
@@ -424,6 +429,7 @@ def test_hook_makes_kvbench_tasks_visible_to_the_task_manager(tmp_path):
     assert done.stdout.split() == ["True", "False"]
 
 
+@pytest.mark.slow
 def test_kvbench_synthetic_tasks_run_end_to_end_through_plain_lm_eval(checkpoint, tmp_path):
     """`lm_eval --model kvbench --tasks kvbench_synth`: kvbench's own tasks, found with no --include_path,
     generated offline with the model's tokenizer, each sample carrying its measured footprint."""
@@ -552,3 +558,22 @@ def test_each_entry_point_prints_a_mistake_as_one_line(command, tmp_path):
     assert done.returncode == 2
     [line] = [line for line in done.stderr.splitlines() if line.startswith("kvbench: error:")]
     assert MISTAKES[2][1] in line and "Traceback" not in done.stderr
+
+
+def test_lm_evals_own_task_index_is_reused_until_a_yaml_changes(tmp_path, monkeypatch):
+    from kvbench.lmeval.hook import _cached_index
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "tasks"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "one.yaml").write_text("task: one\n")
+    builds = []
+
+    def build(paths, resolve_includes=True):
+        builds.append(list(paths))
+        return {"one": f"entry {len(builds)}"}
+
+    assert _cached_index(build, root) == {"one": "entry 1"}
+    assert _cached_index(build, root) == {"one": "entry 1"} and len(builds) == 1  # read back, not rebuilt
+    (root / "a" / "one.yaml").write_text("task: one\ndescription: changed\n")
+    assert _cached_index(build, root) == {"one": "entry 2"} and len(builds) == 2  # a changed file: indexed again

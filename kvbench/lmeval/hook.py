@@ -21,6 +21,8 @@ watches two lm-eval modules and, right after lm-eval has executed them:
   processes, each hands its footprint tallies to rank 0 once, after every request type has run.
 - `lm_eval.loggers.evaluation_tracker`: the compact per-sample rows of a kvbench run are written beside the
   results file, `samples_<task>_<date>.jsonl`, also without `--log_samples`.
+- `lm_eval.tasks._index`: the index of lm-eval's own task folder (about 15,000 YAML files, seconds to parse at
+  every TaskManager) is kept in a file and reused while none of those files changed.
 
 The finder loads nothing itself; it wraps the loader another finder returns.
 """
@@ -237,6 +239,72 @@ def patch_tracker(tracker_module) -> None:
     cls.save_results_aggregated = save_results_aggregated
 
 
+def cache_task_index(index_module) -> None:
+    """lm-eval parses every YAML of its own task folder whenever a TaskManager is made: seconds in every `lm_eval`
+    run, every sweep cell's task manager and every test that runs lm-eval. Keep that folder's index in a file under
+    the user's cache, reused while the folder's YAML files are the same (their paths, sizes and modification times
+    are its key); any other folder is indexed as before, and later folders still override earlier ones."""
+    from pathlib import Path
+
+    cls = getattr(index_module, "TaskIndex", None)
+    if cls is None or getattr(cls.build, "_kvbench_cached", False):
+        return
+    original = cls.build
+    own_folder = Path(index_module.__file__).resolve().parent
+    log = getattr(index_module, "log", None)
+
+    def build(paths, *, resolve_includes=True):
+        index = {}
+        for root in paths:
+            if resolve_includes and Path(root).resolve() == own_folder:
+                part = _cached_index(original, Path(root))
+            else:
+                part = original([root], resolve_includes=resolve_includes)
+            for name, entry in part.items():
+                if name in index and log is not None:
+                    log.warning(
+                        "Task '%s' from %s overrides existing task from %s",
+                        name,
+                        entry.yaml_path,
+                        index[name].yaml_path,
+                    )
+                index[name] = entry
+        return index
+
+    build._kvbench_cached = True
+    cls.build = staticmethod(build)
+
+
+def _cached_index(build, root) -> dict:
+    import hashlib
+    import os
+    import pickle
+    import tempfile
+    from pathlib import Path
+
+    try:
+        key = hashlib.sha256()
+        for path in sorted(root.glob("**/*.yaml")):
+            status = path.stat()
+            key.update(f"{path}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kvbench"
+        stored = cache / f"lm-eval-task-index-{key.hexdigest()[:20]}.pickle"
+        if stored.is_file():
+            return pickle.loads(stored.read_bytes())
+    except Exception:  # an unreadable or stale cache is no reason to fail: index as lm-eval does
+        return build([root], resolve_includes=True)
+    index = build([root], resolve_includes=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=cache, suffix=".tmp")
+        with os.fdopen(handle, "wb") as file:
+            pickle.dump(index, file)
+        os.replace(temporary, stored)
+    except Exception:  # a read-only home: the next run indexes again
+        pass
+    return index
+
+
 WATCHED = {
     "lm_eval.models": register_model,
     "lm_eval.tasks.manager": patch_task_manager,
@@ -245,6 +313,7 @@ WATCHED = {
     "lm_eval.loggers.utils": quiet_git,
     "lm_eval.evaluator": patch_evaluate,
     "lm_eval.loggers.evaluation_tracker": patch_tracker,
+    "lm_eval.tasks._index": cache_task_index,
 }
 
 
