@@ -44,6 +44,7 @@ def test_the_documents_mark_their_runnable_blocks():
         assert text.count(MARK) == len(BLOCK.findall(text))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("language, code", blocks())
 def test_block_runs_as_written(language, code, tmp_path):
     (tmp_path / "examples").symlink_to(ROOT / "examples")

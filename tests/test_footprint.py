@@ -122,6 +122,7 @@ def test_footprint_properties(small_model, prompt_len, decode_steps, chunk_size,
     assert streaming.kv_peak_bytes <= full.kv_peak_bytes
 
 
+@pytest.mark.slow
 def test_footprint_calculator_command():
     out = subprocess.run(
         [

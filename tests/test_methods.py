@@ -252,6 +252,7 @@ def conformance_params(tmp_path) -> dict[str, list[dict]]:
     }
 
 
+@pytest.mark.slow
 def test_every_builtin_method_is_listed_and_passes_the_kit(tmp_path):
     params = conformance_params(tmp_path)
     assert {m.name for m in BUILTIN_METHODS} == set(params) and set(params) <= set(kvbench.list_methods())

@@ -58,6 +58,7 @@ def lm_eval(launcher: list[str], checkpoint, out: Path, *selection: str) -> dict
     return json.loads(Path(results).read_text())
 
 
+@pytest.mark.slow
 def test_two_data_parallel_processes_give_the_single_process_results(checkpoint, tmp_path):
     single = lm_eval([str(BIN / "lm_eval")], checkpoint, tmp_path / "one")
     launch = [str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "lm_eval"]  # on GPUs: accelerate launch
@@ -132,6 +133,7 @@ def test_a_device_map_keeps_each_layers_cache_on_its_device_and_the_footprint(ch
         KVBenchLM(pretrained=str(checkpoint), parallelize="maybe")
 
 
+@pytest.mark.slow
 def test_a_data_parallel_sweep_writes_what_one_process_writes(checkpoint, tmp_path):
     """`torchrun --nproc_per_node N -m kvbench.cli sweep`: every cell run by all processes together, rank 0
     writing its results file; the figures equal a one-process sweep's."""

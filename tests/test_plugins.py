@@ -31,6 +31,7 @@ def kvbench_command(*args, env_path=None):
 # ---- the example plugin, installed from plugins/ as a user would ----
 
 
+@pytest.mark.slow
 def test_installed_plugin_is_listed_with_its_source():
     rows = {row["name"]: row for row in json.loads(kvbench_command("methods", "--json").stdout)}
     assert {"full", "streamingllm", "tova"} <= set(rows)
@@ -39,6 +40,7 @@ def test_installed_plugin_is_listed_with_its_source():
     assert rows["streamingllm"]["parameters"] == {"kv_bits": 16, "sink": 128, "window": 1024}
 
 
+@pytest.mark.slow
 def test_installed_plugin_passes_kvbench_check():
     result = kvbench_command("check", "tova", "budget=48")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -59,6 +61,7 @@ def fake_distribution(root, name, entry_points: dict[str, str], modules: dict[st
         (root / f"{module}.py").write_text(textwrap.dedent(source))
 
 
+@pytest.mark.slow
 def test_plugin_that_fails_to_import_is_named_in_a_warning_and_others_load(tmp_path):
     fake_distribution(
         tmp_path, "broken-plugin", {"broken": "broken_module"}, {"broken_module": "import no_such_module_xyz\n"}
@@ -242,6 +245,7 @@ def test_check_fails_a_knob_moving_the_wrong_way():
     assert "FAIL  knob moves the footprint its declared way" in format_report(results)
 
 
+@pytest.mark.slow
 def test_check_command_exits_non_zero_on_a_broken_plugin(tmp_path):
     source = """
         from dataclasses import dataclass

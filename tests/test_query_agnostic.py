@@ -241,6 +241,7 @@ def run(bundled, method, query):
     )
 
 
+@pytest.mark.slow
 def test_patched_snapkv_keeps_the_needle_only_when_it_may_read_the_question(bundled):
     full = run(bundled, None, "aware")
     patched = lambda: load_method("snapkv", keep=0.05, schedule="patched", recent=16, obs_window=16)  # noqa: E731
@@ -251,6 +252,7 @@ def test_patched_snapkv_keeps_the_needle_only_when_it_may_read_the_question(bund
     assert agnostic.kv_footprint == pytest.approx(aware.kv_footprint, rel=0.05)  # at the same footprint
 
 
+@pytest.mark.slow
 def test_streamingllm_does_not_care_when_the_question_comes(bundled):
     streaming = lambda: load_method("streamingllm", sink=4, window=512)  # noqa: E731
     aware, agnostic = run(bundled, streaming, "aware"), run(bundled, streaming, "agnostic")
@@ -375,6 +377,7 @@ def multi_question_run(backend, monkeypatch, query):
     return out, prefills
 
 
+@pytest.mark.slow
 def test_a_multi_question_task_prefills_each_context_once_when_agnostic(backend, monkeypatch):
     task = "kvbench_synth_recall_multi"
     agnostic, prefills = multi_question_run(backend, monkeypatch, "agnostic")

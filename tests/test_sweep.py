@@ -114,6 +114,7 @@ def uninterrupted(config, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_round_trip_from_real_lm_eval_results_to_the_leaderboard(uninterrupted):
     runs = scoring.load_runs([uninterrupted])
     assert len(runs) == 4
@@ -133,6 +134,7 @@ def test_round_trip_from_real_lm_eval_results_to_the_leaderboard(uninterrupted):
     assert "| streamingllm |" in leaderboard.render([board], "md", 0.9)
 
 
+@pytest.mark.slow
 def test_every_cell_keeps_compact_per_sample_rows_that_the_scorer_reads(uninterrupted):
     """Without any flag: each sample's doc_id, metric values under lm-eval's names and footprint; no prompt and no
     response. Their means are the results file's figures, and they give the leaderboard its interval."""
@@ -162,6 +164,7 @@ def test_every_cell_keeps_compact_per_sample_rows_that_the_scorer_reads(uninterr
     assert set(board.categories["recall"].interval) == {"streamingllm"} and board.categories["recall"].n == 2
 
 
+@pytest.mark.slow
 def test_sweep_killed_part_way_resumes_without_redoing_cells(config, uninterrupted, tmp_path):
     out = tmp_path / "out"
     command = [str(BIN / "kvbench"), "sweep", str(config), "--out", str(out)]
@@ -184,6 +187,7 @@ def test_sweep_killed_part_way_resumes_without_redoing_cells(config, uninterrupt
     assert board_json(out) == board_json(uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_sweep_in_a_log_file_prints_a_line_per_cell_with_its_eta(uninterrupted):
     import re
 

@@ -45,6 +45,7 @@ def tokenizer_dir(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_installed_package_holds_every_task_config(tasks_dir):
     for category, tasks in CATEGORIES.items():
         for task in tasks + [f"synth_{category}"]:

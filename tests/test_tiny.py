@@ -75,6 +75,7 @@ def test_it_is_a_standard_llama_checkpoint_with_gqa_and_rope(model_and_tokenizer
     assert tokenizer.decode(ids, skip_special_tokens=True) == "Key: abcd\nValue: 1234"
 
 
+@pytest.mark.slow
 def test_the_build_script_reproduces_the_bundled_weights(tmp_path):
     from safetensors.torch import load_file
 
@@ -88,11 +89,13 @@ def test_the_build_script_reproduces_the_bundled_weights(tmp_path):
     assert (tmp_path / "tokenizer.json").read_text() == (tiny.MODEL_DIR / "tokenizer.json").read_text()
 
 
+@pytest.mark.slow
 def test_recall_at_full_attention(full_recall):
     assert full_recall.score >= 0.9
     assert full_recall.kv_footprint == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, threshold", [("synth_rag", 0.9), ("synth_icl", 3 / 6)])  # ICL: 3x chance (6 labels)
 def test_quality_at_full_attention(model_and_tokenizer, task, threshold):
     model, tokenizer = model_and_tokenizer
@@ -100,6 +103,7 @@ def test_quality_at_full_attention(model_and_tokenizer, task, threshold):
     assert result.score >= threshold, result
 
 
+@pytest.mark.slow
 def test_rerank_at_full_attention_beats_three_times_chance(model_and_tokenizer):
     # NDCG@10 of the ranking against a random ranking of the prompt's documents (about 0.2 at 1K).
     model, tokenizer = model_and_tokenizer
@@ -109,6 +113,7 @@ def test_rerank_at_full_attention_beats_three_times_chance(model_and_tokenizer):
     assert result.score >= 3 * guess, (result, guess)
 
 
+@pytest.mark.slow
 def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(
     model_and_tokenizer, recall_prompts, full_recall
 ):
@@ -131,6 +136,7 @@ def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(
     assert snapkv.score >= 0.9 * full_recall.score
 
 
+@pytest.mark.slow
 def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(
     model_and_tokenizer, recall_prompts, full_recall
 ):
@@ -147,6 +153,7 @@ def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(
     assert chunked.score < 0.5 * full_recall.score
 
 
+@pytest.mark.slow
 def test_the_quick_demo_writes_a_critical_footprint_table_and_plot_and_resumes(tmp_path, capsys):
     from kvbench.cli import main
 
@@ -191,6 +198,7 @@ def _head_pattern_recall(model, tokenizer, prompts, method: str, pattern: str, h
     return evaluate.evaluate(model, tokenizer, "synth_recall", factory, chunk_size=CHUNK, prompts=prompts)
 
 
+@pytest.mark.slow
 def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(
     model_and_tokenizer, recall_prompts, full_recall, tmp_path
 ):
@@ -218,6 +226,7 @@ def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(
     assert random_mean <= 0.6 * full_recall.score and learned.score - random_mean >= 0.3 * full_recall.score
 
 
+@pytest.mark.slow
 def test_the_trained_duoattention_gates_keep_recall_at_half_the_heads(model_and_tokenizer, recall_prompts, full_recall):
     model, tokenizer = model_and_tokenizer
     gates = read_pattern(tiny.PATTERNS["duoattention"])

@@ -242,6 +242,7 @@ def test_binary_export_keeps_the_top_scores_full_and_refuses_starved_layers(tmp_
         patterns.binary_pattern(scores, 0.5, min_full_per_layer=5)
 
 
+@pytest.mark.slow
 def test_export_command_writes_a_pattern_and_explains_a_refusal(tmp_path):
     patterns.write_table(torch.tensor([[0.1, 3.0], [-1.0, -3.0]]), tmp_path / "scores.tsv")
     run = [
@@ -291,6 +292,7 @@ def _short_recall_rows(count: int, pairs: int = 12, seed: int = 0) -> list[dict]
     return rows
 
 
+@pytest.mark.slow
 def test_prulong_training_on_kvbench_tiny_reaches_the_target_and_keeps_the_retrieval_head(tmp_path):
     """kvbench-tiny retrieves a recall answer in layer 1, KV head 0 (its other layer-1 head serves ICL; layer 0
     looks at most 17 tokens back). Trained on recall with a 16-token window, PruLong must meet the 50% target
@@ -324,6 +326,7 @@ def test_prulong_training_on_kvbench_tiny_reaches_the_target_and_keeps_the_retri
     assert logged[-1]["step"] == 99 and json.loads((tmp_path / "out" / "settings.json").read_text())["steps"] == 100
 
 
+@pytest.mark.slow
 def test_duo_training_on_kvbench_tiny_keeps_the_retrieval_head_gate_highest(tmp_path):
     (tmp_path / "recall.jsonl").write_text("\n".join(json.dumps(r) for r in _short_recall_rows(32)))
     settings = TrainSettings(
