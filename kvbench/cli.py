@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kvbench import __version__
+from kvbench import __version__, settings
 
 
 def _footprint(args) -> int:
@@ -258,13 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fp.add_argument("--prompt-len", type=int, required=True)
     fp.add_argument("--decode-steps", type=int, default=0)
-    fp.add_argument("--chunk-size", type=int, default=32768)
+    fp.add_argument("--chunk-size", type=int, default=settings.DEFAULT_CHUNK_SIZE)
     fp.add_argument("--kind", choices=["full", "streaming", "chunked_keep", "head_mix"], default="full")
-    fp.add_argument("--sink", type=int, default=128, help="streaming heads: attention-sink entries")
-    fp.add_argument("--window", type=int, default=1024, help="streaming heads: local window")
-    fp.add_argument("--keep", type=float, default=0.5, help="chunked_keep: share of each chunk kept by score")
-    fp.add_argument("--always-keep-window", type=int, default=64, help="chunked_keep: recent entries always kept")
-    fp.add_argument("--streaming-head-share", type=float, default=0.5, help="head_mix: share of streaming heads")
+    fp.add_argument("--sink", type=int, default=settings.DEFAULT_SINK, help="streaming heads: attention-sink entries")
+    fp.add_argument("--window", type=int, default=settings.DEFAULT_WINDOW, help="streaming heads: local window")
+    fp.add_argument(
+        "--keep", type=float, default=settings.DEFAULT_KEEP, help="chunked_keep: share of each chunk kept by score"
+    )
+    fp.add_argument(
+        "--always-keep-window",
+        type=int,
+        default=settings.DEFAULT_RECENT,
+        help="chunked_keep: recent entries always kept",
+    )
+    fp.add_argument(
+        "--streaming-head-share",
+        type=float,
+        default=settings.DEFAULT_HEAD_SPARSITY,
+        help="head_mix: share of streaming heads",
+    )
     fp.set_defaults(run=_footprint)
 
     data = commands.add_parser("data", help="task data: HELMET's released files and the ICL datasets")
@@ -304,14 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--refine-budget", type=int, default=40, metavar="CELLS", help="most cells --refine may add (default 40)"
     )
-    sweep.add_argument("--threshold", type=float, default=0.9, help="--refine's threshold (default 0.9)")
+    sweep.add_argument(
+        "--threshold",
+        type=float,
+        default=settings.DEFAULT_THRESHOLD,
+        help=f"--refine's threshold (default {settings.DEFAULT_THRESHOLD})",
+    )
     sweep.set_defaults(run=_sweep)
 
     board = commands.add_parser(
         "leaderboard", help="critical KV footprint per method and task category, from lm-eval result files"
     )
     board.add_argument("results", nargs="+", help="lm-eval result files or folders (searched for results*.json)")
-    board.add_argument("--threshold", type=float, default=0.9, help="share of full attention's score to keep")
+    board.add_argument(
+        "--threshold", type=float, default=settings.DEFAULT_THRESHOLD, help="share of full attention's score to keep"
+    )
     board.add_argument("--format", choices=["md", "csv", "json", "html"], default="md")
     board.add_argument("--out", default=None, help="write the table here (default: print it)")
     board.add_argument("--plot", default=None, metavar="FILE.png", help="score vs footprint per category")
@@ -364,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
             one.add_argument("--task", default=None, help="the task whose sample to draw (default: the first found)")
             one.add_argument("--sample", type=int, default=0, help="the sample's doc_id (default 0)")
         if view == "chunks":
-            one.add_argument("--threshold", type=float, default=0.9)
+            one.add_argument("--threshold", type=float, default=settings.DEFAULT_THRESHOLD)
         one.set_defaults(run=_plot)
 
     # Dispatched in main() before parsing: every argument belongs to lm-eval, whose parser reads them.
@@ -418,30 +437,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _training_arguments(parser, lr: float) -> None:
+    """The training commands' options; their defaults are TrainSettings' own."""
+    import dataclasses
+
+    from kvbench.training.common import TrainSettings
+
+    default = {field.name: field.default for field in dataclasses.fields(TrainSettings)}
     parser.add_argument("--model", required=True, help="a path, a hub name, or kvbench-tiny")
     parser.add_argument("--out", required=True, help="folder for the learned table, the log and the settings")
     parser.add_argument(
         "--data",
-        default="synthetic",
+        default=default["data"],
         help='"synthetic" (the generators) or a .txt / .jsonl file ({"text"} or {"prompt", "answer"} rows)',
     )
-    parser.add_argument("--tasks", nargs="+", default=["synth_recall"], help="synthetic tasks, taken in turn")
+    parser.add_argument("--tasks", nargs="+", default=list(default["tasks"]), help="synthetic tasks, taken in turn")
     parser.add_argument(
         "--answers",
         choices=["gold", "model"],
-        default="gold",
+        default=default["answers"],
         help="synthetic data: supervise the gold answers or the model's own at full attention",
     )
-    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=4, help="sequences per step (per process)")
-    parser.add_argument("--sink", type=int, default=128, help="streaming heads keep the first SINK tokens ...")
-    parser.add_argument("--window", type=int, default=1024, help="... and the last WINDOW (use the same at inference)")
+    parser.add_argument("--seq-len", type=int, default=default["seq_len"], help="tokens per training sequence")
+    parser.add_argument("--steps", type=int, default=default["steps"])
+    parser.add_argument(
+        "--batch-size", type=int, default=default["batch_size"], help="sequences per step (per process)"
+    )
+    parser.add_argument(
+        "--sink", type=int, default=default["sink"], help="streaming heads keep the first SINK tokens ..."
+    )
+    parser.add_argument(
+        "--window", type=int, default=default["window"], help="... and the last WINDOW (use the same at inference)"
+    )
     parser.add_argument("--lr", type=float, default=lr, help=f"the gates' learning rate (default {lr})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--seed", type=int, default=default["seed"])
+    parser.add_argument("--dtype", default=default["dtype"], choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: long sequences")
-    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--log-every", type=int, default=default["log_every"])
 
 
 def _export_arguments(parser, default_help: str, required: bool = False) -> None:

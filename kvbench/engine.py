@@ -23,10 +23,8 @@ from kvbench import attention, devices
 from kvbench.cache import KVCache
 from kvbench.ledger import FootprintStats, Ledger
 from kvbench.method import Method, ModelShape, Phase
+from kvbench.settings import DEFAULT_CHUNK_SIZE
 from kvbench.step import Step
-
-DEFAULT_CHUNK_SIZE = 32768
-QUERY_MODES = ("aware", "agnostic")  # the question prefilled with its context, or run after the context's eviction
 
 
 @dataclass

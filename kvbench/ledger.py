@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from kvbench.settings import DEFAULT_RECENT
+
 
 @dataclass(frozen=True)
 class FootprintStats:
@@ -204,7 +206,7 @@ def analytic_footprint(
     sink: int = 0,
     window: int = 0,
     keep: float = 1.0,
-    always_keep_window: int = 64,
+    always_keep_window: int = DEFAULT_RECENT,
     streaming_head_share: float = 0.0,
 ) -> tuple[float, float]:
     """(footprint, peak) of the paper's formula for one kind of head, or a mix of streaming and full heads."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kvbench.quant import KV_BITS
+from kvbench.settings import DEFAULT_KEEP, DEFAULT_RECENT
 
 SCORE_BLOCK_BYTES = 256 * 2**20  # the most fp32 attention weights KeepView.attention_scores holds at once
 
@@ -224,7 +225,7 @@ class ScoreMethod(Method):
 
     keep: float | None = None
     budget: int | None = None
-    recent: int = 64
+    recent: int = DEFAULT_RECENT
     obs_window: int = 64
     schedule: str = "chunked"
 
@@ -241,7 +242,7 @@ class ScoreMethod(Method):
             "give either keep (a share) or budget (tokens), not both",
         )
         if self.keep is None and self.budget is None:
-            self.keep = 0.5
+            self.keep = DEFAULT_KEEP
         if self.keep is not None:
             require(
                 isinstance(self.keep, (int, float)) and 0 < self.keep <= 1,

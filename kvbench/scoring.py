@@ -21,6 +21,7 @@ import numpy as np
 
 from kvbench import statistics
 from kvbench.lmeval.samples import read_samples, samples_path
+from kvbench.settings import DEFAULT_CONTEXT_LENGTH, DEFAULT_THRESHOLD, check_threshold
 
 BASELINE = "full"
 AGNOSTIC = " [query-agnostic]"  # ends the curve label of a setting run query-agnostic (query=agnostic)
@@ -34,8 +35,7 @@ CHANCE = {
     "kvbench_icl_nlu": 1 / 68,
     "kvbench_synth_icl": 1 / 6,
 }
-DEFAULT_THRESHOLD = 0.9
-DEFAULT_CONTEXT_LENGTH = 131072  # for results that say nothing of their length (lm-eval's own tasks)
+# A result that says nothing of its length (lm-eval's own tasks) ran at the default length.
 # Keys of an lm-eval task result that are not scores.
 NOT_SCORES = {"kv_footprint", "kv_peak", "name", "alias", "sample_len", "sample_count"}
 
@@ -412,8 +412,7 @@ def score_runs(
     its tasks, score it against `full`'s, and find each curve's critical footprint; then, from `replicates`
     paired bootstrap replicates of the per-sample results (none: 0), each critical footprint's `level` interval,
     the pairwise probabilities and the rank ranges (kvbench.statistics)."""
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1]; got {threshold}")
+    check_threshold(threshold)
     if not 0 < level < 1:
         raise ValueError(f"the interval's level (--ci) must be in (0, 1), e.g. 0.95; got {level}")
     if not isinstance(replicates, int) or replicates < 0:

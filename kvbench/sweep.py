@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from kvbench.files import write_atomically
+from kvbench.settings import DEFAULT_THRESHOLD
 
 GRID_KEYS = {
     "models",
@@ -135,7 +136,7 @@ def load_config(path) -> dict:
     for key in ("models", "methods", "tasks", "context_lengths", "chunk_sizes"):
         if not isinstance(config.get(key), list) or not config[key]:
             raise ValueError(f"{path}: '{key}' must be a non-empty list")
-    from kvbench.engine import QUERY_MODES
+    from kvbench.settings import QUERY_MODES
 
     modes = config.setdefault("query_modes", ["aware"])
     if not isinstance(modes, list) or not modes or any(m not in QUERY_MODES for m in modes):
@@ -241,7 +242,7 @@ def refine(
     out,
     width: float,
     budget: int,
-    threshold: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLD,
     level: float = 0.95,
     replicates: int = 2000,
     seed: int = 0,
@@ -478,14 +479,8 @@ class CellRunner:
     def evaluate(self, cell: Cell) -> dict:
         import lm_eval
 
-        from kvbench.lmeval.tally import FootprintTally
-        from kvbench.plugins import load_method
-
-        # Reconfigure the backend for this cell: what KVBenchLM's constructor would set from --model_args.
-        self.lm.method = load_method(cell.method, **{k: str(v) for k, v in cell.params.items()})
-        self.lm.chunk_size = cell.chunk_size
-        self.lm.query = cell.query
-        self.lm.tally = FootprintTally()
+        # Reconfigure the backend for this cell through the checked entry point its constructor uses.
+        self.lm.configure(cell.method, cell.chunk_size, cell.query, **cell.params)
         # Every cell keeps its per-sample rows (kvbench.lmeval.samples): compact ones, or lm-eval's whole rows with
         # trace=true in model_args (they carry the traces). run_cell writes them.
         return lm_eval.simple_evaluate(

@@ -359,13 +359,10 @@ def multi_question_run(backend, monkeypatch, query):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from kvbench.lmeval.tally import FootprintTally
-
     prefills = []
     prefill = engine.prefill
     monkeypatch.setattr(engine, "prefill", lambda *args: prefills.append(len(args[2])) or prefill(*args))
-    backend.query, backend.tally = query, FootprintTally()
-    backend.method = load_method("snapkv", keep=0.1, schedule="patched", recent=16, obs_window=16)
+    backend.configure("snapkv", backend.chunk_size, query, keep=0.1, schedule="patched", recent=16, obs_window=16)
     metadata = {"context_length": 1024, "num_samples": 2, "num_questions": 3, "pretrained": "kvbench-tiny"}
     out = lm_eval.simple_evaluate(
         model=backend,
@@ -396,7 +393,7 @@ def test_a_multi_question_task_prefills_each_context_once_when_agnostic(backend,
 def test_agnostic_refuses_what_has_no_context_boundary(backend):
     from lm_eval.api.instance import Instance
 
-    backend.query = "agnostic"
+    backend.configure("full", backend.chunk_size, "agnostic")
     plain = Instance(
         "generate_until",
         doc={},

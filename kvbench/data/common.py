@@ -13,8 +13,10 @@ from pathlib import Path
 
 import datasets
 
+from kvbench.settings import DEFAULT_CONTEXT_LENGTH
+
 LENGTH_KEY = "context_length"  # the ONE key that picks the length: --metadata '{"context_length": 16384}'
-DEFAULT_LENGTH = 131072  # the paper reports 128K
+DEFAULT_LENGTH = DEFAULT_CONTEXT_LENGTH  # the paper reports 128K
 HELMET_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)  # the lengths HELMET's files were built for
 DATA_DIR_ENV = "KVBENCH_DATA_DIR"
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvbench" / "helmet"

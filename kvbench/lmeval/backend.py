@@ -2,9 +2,11 @@
 
     lm_eval --model kvbench --model_args pretrained=PATH,method=streamingllm,window=1024,chunk_size=32768 ...
 
-Every request runs alone (a padded batch would inflate the cache and the footprint it reports), and
-its measured footprint is added to its task's tally; `get_model_info()` hands the tallies to lm-eval,
-which writes them into the results JSON as `results["config"]["kvbench"]`.
+A thin adapter over pieces with one job each: loading and placing the model and the processes sharing the requests
+(loading.py), from requests to fitted prompts (prompts.py), the footprint tallies (tally.py), per-sample rows
+(samples.py). Every request runs alone (a padded batch would inflate the cache and the footprint it reports), and
+its measured footprint is added to its task's tally; `get_model_info()` hands the tallies to lm-eval, which writes
+them into the results JSON as `results["config"]["kvbench"]`.
 """
 
 from __future__ import annotations
@@ -13,24 +15,25 @@ import dataclasses
 import functools
 import logging
 import time
-from pathlib import Path
 
 import jinja2
 import torch
 import transformers
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, resolve_max_length
+from lm_eval.models.utils import resolve_max_length
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 import kvbench
 from kvbench import attention
-from kvbench.data.common import SOURCES, Template, question_token, truncate_context
-from kvbench.engine import DEFAULT_CHUNK_SIZE, QUERY_MODES, generate, generate_many, score_continuation
+from kvbench.data.common import SOURCES
+from kvbench.engine import generate, generate_many, score_continuation
+from kvbench.lmeval import loading
+from kvbench.lmeval.prompts import Prompts
 from kvbench.lmeval.tally import FootprintTally
 from kvbench.method import ModelShape
 from kvbench.plugins import describe_parameters, load_method, method_class
-from kvbench.tiny import resolve_pretrained
+from kvbench.settings import DEFAULT_CHUNK_SIZE, check_query, parse_bool
 
 # A child of lm-eval's logger, so our lines show with lm-eval's own, in its format and at its verbosity.
 log = logging.getLogger("lm_eval.models.kvbench")
@@ -52,6 +55,7 @@ BACKEND_ARGS = (
     "query",
 )
 DEFAULT_MAX_LENGTH = 2048  # as lm-eval's hf backend, when neither config nor tokenizer gives one
+MAX_GEN_TOKS = 256  # a generate_until task's budget when it sets none, as lm-eval's hf backend
 
 
 class KVText(str):
@@ -98,84 +102,60 @@ class KVBenchLM(TemplateLM):
         super().__init__()
         if not pretrained:
             raise ValueError("--model_args needs pretrained=PATH_OR_HUB_NAME (the model to evaluate)")
-        self.method = _load_method(method, method_params)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer (tokens per prefill chunk); got {chunk_size!r}")
-        if attn not in ("sdpa", "flash"):
-            raise ValueError(f"attn must be sdpa or flash; got {attn!r}")
+        self.configure(method, chunk_size, query, **method_params)
+        if attn not in attention.ATTENTION_KERNELS:
+            raise ValueError(f"attn must be one of {', '.join(attention.ATTENTION_KERNELS)}; got {attn!r}")
         if str(batch_size) not in ("1", "None"):
             log.warning(
                 f"batch_size={batch_size} accepted but kvbench runs one sequence at a time: padding a batch would "
                 "inflate the KV cache and the footprint it reports"
             )
-        self.pretrained, self.chunk_size, self.attn = pretrained, chunk_size, attn
-        self.trace = _bool(trace, "trace")  # each generate_until sample's KV held over time, in its samples-file row
-        if query not in QUERY_MODES:
-            raise ValueError(
-                f"query must be aware (the question is prefilled with its context) or agnostic (the "
-                f"context is prefilled and evicted before the question is known); got {query!r}"
-            )
-        self.query = query
-        self._device = self._data_parallel(_pick_device(device))
-        path = resolve_pretrained(pretrained)  # "kvbench-tiny" is the bundled checkpoint
-        if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
-            raise FileNotFoundError(
-                f"pretrained={pretrained}: the folder holds no model (no config.json); point "
-                "pretrained= at a checkpoint folder (config.json, weights, tokenizer) or a hub name"
-            )
-        placement = _model_parallel(_bool(parallelize, "parallelize"), device_map, max_memory_per_gpu, max_cpu_memory)
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self._model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **placement
-            ).eval()
-        except OSError as error:  # transformers' "not a local folder, and not on the Hub" (after its retries)
-            reason = str(error).strip().splitlines()[0]
-            raise ValueError(
-                f"pretrained={pretrained}: cannot load it ({reason}); point pretrained= at a local "
-                "checkpoint folder, or check the hub name and your connection"
-            ) from None
-        if not placement:
-            self._model.to(self._device)
-        else:  # the layers stay where the device map put them; requests start on the embeddings' device
-            self._device = self._model.device
+        self.pretrained, self.attn = pretrained, attn
+        self.trace = parse_bool(trace, "trace")  # each generate_until sample's KV held over time, in its sample row
+        self.processes = loading.Processes(loading.pick_device(device))
+        self._rank, self._world_size = self.processes.rank, self.processes.world_size  # read by lm-eval's LM
+        arguments = loading.placement(parallelize, device_map, max_memory_per_gpu, max_cpu_memory)
+        self._model, self.tokenizer = loading.load(
+            pretrained, dtype, parse_bool(trust_remote_code, "trust_remote_code"), arguments, self.processes.device
+        )
+        # A model placed by a device map: requests start on the embeddings' device.
+        self._device = self._model.device if arguments else self.processes.device
         # The attention kernel this model runs with, or the one-line reason there is none (at load, not mid-run).
         self.kernel = attention.select_kernel(
             self._model.device, self._model.dtype, ModelShape.from_config(self._model.config).head_dim, attn
         )
         self._max_length = int(max_length) if max_length else None
+        self.prompts = Prompts(
+            self.tokenizer,
+            self.tok_encode,
+            lambda: self.max_length,
+            MAX_GEN_TOKS,
+            getattr(self._model.config, "max_position_embeddings", None),
+        )
         self.chat_template_args: dict = {}
+
+    def configure(
+        self, method: str = "full", chunk_size: int = DEFAULT_CHUNK_SIZE, query: str = "aware", **method_params
+    ) -> None:
+        """What a run measures, checked: the method with its parameters (as --model_args gives them), the prefill
+        chunk size, the query mode; and a fresh tally. The constructor calls it, and `kvbench sweep` calls it to
+        reuse one loaded model for every cell."""
+        self.method = _load_method(method, method_params)
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer (tokens per prefill chunk); got {chunk_size!r}")
+        self.chunk_size, self.query = chunk_size, check_query(query)
         self.tally = FootprintTally()
-        self._pending: list = []  # what each request of a loglikelihood call ran as, in request order
 
-    def _data_parallel(self, device: torch.device) -> torch.device:
-        """Under `accelerate launch` or `torchrun`, each process takes its share of the requests, as lm-eval's hf
-        backend does: rank and world size for lm-eval's split, this process's device for its model copy. Without
-        CUDA (or with device=cpu) the processes talk over gloo."""
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=device.type == "cpu")
-        if accelerator.num_processes == 1:
-            self._rank, self._world_size = 0, 1
-            return device
-        self.accelerator = accelerator
-        # The global index: on several machines, local indices would repeat and the same requests run twice.
-        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
-        return accelerator.device
+    # ---- the processes sharing the requests (lm-eval calls these) ----
 
     def all_gather(self, tensor):
-        return tensor if self.world_size == 1 else self.accelerator.gather(tensor)
+        return self.processes.all_gather(tensor)
 
     def gather_object(self, obj, dst: int = 0):
-        if self.world_size == 1:
-            return [obj]
-        gathered = [None] * self.world_size if self.rank == dst else None
-        torch.distributed.gather_object(obj, gathered, dst=dst)
-        return gathered
+        return self.processes.gather_object(obj, dst)
 
     def barrier(self) -> None:
-        if self.world_size > 1:
-            self.accelerator.wait_for_everyone()
+        self.processes.barrier()
 
     def gather_tallies(self) -> None:
         """Once, after every request type has run (the lm-eval hook calls it on every process, after `evaluate`):
@@ -186,28 +166,6 @@ class KVBenchLM(TemplateLM):
             if self.rank == 0:
                 for part in parts:
                     self.tally.absorb(part)
-
-    def _count(self, request, *results) -> None:
-        """A request's footprint (and its allocator peaks) into its task's tally, under its document (the per-sample
-        rows read it there). `results`: the Generation or Scorings it ran as."""
-        doc = getattr(request, "doc", None) or {}
-        self.tally.add(
-            request.task_name,
-            *[r.stats for r in results],
-            doc_id=getattr(request, "doc_id", None),
-            context_group=doc.get("context_group") if isinstance(doc, dict) else None,
-            device_peak_bytes=_largest(r.device_peak_bytes for r in results),
-        )
-
-    def _tallied(self, requests) -> list[bool]:
-        """Whether each request counts in the tallies. With several processes, lm-eval pads a process's requests
-        with copies of its last one, so that all run as many: those copies ran, but count once."""
-        seen: dict[int, int] = {}
-        counted = []
-        for request in requests:
-            seen[id(request)] = seen.get(id(request), 0) + 1
-            counted.append(seen[id(request)] <= (getattr(request, "repeats", None) or 1))
-        return counted
 
     # ---- what lm-eval's TemplateLM needs ----
 
@@ -230,11 +188,15 @@ class KVBenchLM(TemplateLM):
 
     @property
     def max_gen_toks(self) -> int:
-        return 256
+        return MAX_GEN_TOKS
 
     @property
     def tokenizer_name(self) -> str:
         return self.tokenizer.name_or_path.replace("/", "__")
+
+    @property
+    def newline_token_ids(self) -> tuple[int, ...]:
+        return self.prompts.newline_token_ids
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         options = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
@@ -263,21 +225,36 @@ class KVBenchLM(TemplateLM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         self._refuse_agnostic(requests, "log-likelihood")
-        self._pending = []  # _loglikelihood_tokens fills it in request order
-        results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        for request, ran, counted in zip(requests, self._pending, self._tallied(requests), strict=True):
+        pairs = [
+            ((context, continuation), *self._encode(context, continuation))
+            for context, continuation in (request.args for request in requests)
+        ]
+        results, runs = self._score_pairs(pairs, disable_tqdm)
+        for request, ran, counted in zip(requests, runs, self.tally.counted(requests), strict=True):
             if counted:
-                self._count(request, ran)
+                self.tally.count(request, ran)
         return results
 
+    def _encode(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context:
+            return self._encode_pair(context, continuation)
+        # An empty context: the continuation is conditioned on the prefix token (BOS, else EOS), unless it starts
+        # with it already.
+        tokens = self.tok_encode(continuation, add_special_tokens=False)
+        return ([self.prefix_token_id], tokens) if tokens[0] != self.prefix_token_id else (tokens[:1], tokens[1:])
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        results = []
-        shared = None  # (inputs, log-probs, stats) of the last one-token request
+        return self._score_pairs(requests, disable_tqdm)[0]
+
+    def _score_pairs(self, requests, disable_tqdm: bool) -> tuple[list[tuple[float, bool]], list]:
+        """((log-probability, is greedy), what it ran as) of each (key, context tokens, continuation tokens)."""
+        results, runs = [], []
+        shared = None  # (inputs, log-probs, generation) of the last one-token request
         for key, context, continuation in tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood"):
             if len(continuation) == 1:
                 # Multiple-choice answers of one token share their input (the context): one forward serves
                 # them all, as lm-eval's hf backend does; each request still gets the footprint it ran with.
-                inputs = self._fit(context + continuation)[:-1]
+                inputs = self.prompts.fit_scored(context + continuation)[:-1]
                 if shared is None or shared[0] != inputs:
                     last = self._timed(
                         generate,
@@ -293,20 +270,20 @@ class KVBenchLM(TemplateLM):
                     shared = (inputs, last.logits[0].log_softmax(-1), last)
                 logprobs, token = shared[1], continuation[0]
                 results.append((float(logprobs[token]), bool(logprobs.argmax() == token)))
-                self._pending.append(shared[2])
+                runs.append(shared[2])
             else:
                 scoring = self._score(context, continuation)
                 results.append((scoring.logprob, scoring.is_greedy))
-                self._pending.append(scoring)
+                runs.append(scoring)
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, results[-1])
-        return results
+        return results, runs
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         self._refuse_agnostic(requests, "rolling log-likelihood")
         results = []
         for request, counted in zip(
-            tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"), self._tallied(requests)
+            tqdm(requests, disable=disable_tqdm, desc="kvbench loglikelihood_rolling"), self.tally.counted(requests)
         ):
             (text,) = request.args
             windows = get_rolling_token_windows(
@@ -318,18 +295,18 @@ class KVBenchLM(TemplateLM):
             scorings = [self._score(*make_disjoint_window(window)) for window in windows]
             results.append(sum(s.logprob for s in scorings))
             if counted:  # one request, however many windows
-                self._count(request, *scorings)
+                self.tally.count(request, *scorings)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), results[-1])
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         results: list[KVText | None] = [None] * len(requests)
-        counted = self._tallied(requests)
+        counted = self.tally.counted(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="kvbench generate_until")
         # Grouped up front from the documents alone (and a query-agnostic task without a boundary refused before
         # any work); each group's prompts are tokenized when it runs, so a 128K run holds one group's tokens.
-        for group in self._context_groups(requests):
-            prepared = [self._prepare(requests[index]) for index in group]
+        for group in self.prompts.groups(requests, self.query):
+            prepared = [self.prompts.prepare(requests[index], self.query) for index in group]
             first = prepared[0]
             run = functools.partial(
                 self._timed,
@@ -362,117 +339,17 @@ class KVBenchLM(TemplateLM):
                 request = requests[index]
                 answer = KVText(generation.text, {**generation.stats.as_dict(), "trace": generation.trace})
                 if counted[index]:
-                    self._count(request, generation)
+                    self.tally.count(request, generation)
                 results[index] = answer
                 self.cache_hook.add_partial("generate_until", request.args, str(answer))
             progress.update(len(group))
         progress.close()
         return results
 
-    def _context_groups(self, requests) -> list[list[int]]:
-        """Requests in order, one group each, except that query-agnostic requests of a multi-question task
-        (documents that share a `context_group`) form one group: one context, several questions. Query-agnostic,
-        a request whose document does not say where its context ends is refused here, before anything runs."""
-        groups: dict = {}
-        for index, request in enumerate(requests):
-            doc = getattr(request, "doc", None) or {}
-            key = ("alone", index)
-            if self.query == "agnostic":
-                if _context_span(request.args[0], doc) is None:
-                    raise ValueError(
-                        f"{request.task_name}: query=agnostic needs to know where each prompt's context ends and its "
-                        "question begins, and this task's documents do not say (kvbench's tasks do: "
-                        "context_start/context_end). Run it with query=aware; it is never run query-aware silently."
-                    )
-                if doc.get("context_group"):
-                    key = (request.task_name, doc["context_group"])
-            groups.setdefault(key, []).append(index)
-        return sorted(groups.values())
-
-    def _prepare(self, request) -> dict:
-        """A generate_until request's prompt tokens (fitted to max_length), options, and, query-agnostic, where
-        its question begins."""
-        context, gen_kwargs = request.args
-        options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-        eos = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
-        until = [s for s in handle_stop_sequences(options.pop("until", None), eos=eos) if s]
-        max_gen_toks = options.pop("max_gen_toks")
-        if options.get("do_sample") or options.get("temperature", 0) > 0:
-            log.warning(f"{request.task_name}: kvbench decodes greedily; ignoring sampling settings {options}")
-        budget = self.max_length - max_gen_toks
-        if budget <= 0:
-            raise ValueError(
-                f"max_gen_toks ({max_gen_toks}) leaves no room for a prompt within max_length ({self.max_length})"
-            )
-        doc = getattr(request, "doc", None) or {}
-        stop_tokens = ()
-        if doc.get("stop_at_newline_token"):  # HELMET's stop: a generated newline token, not "\n" inside one
-            until, stop_tokens = [s for s in until if s != "\n"], self.newline_token_ids
-        why = f"max_length {self.max_length} minus max_gen_toks {max_gen_toks}"
-        text, ids, question_char = self._fit_prompt(context, doc, budget, why, request.task_name)
-        question_start = None
-        if self.query == "agnostic":
-            question_start = self._question_token(text, ids, question_char, request.task_name)
-        return {
-            "ids": ids,
-            "question_start": question_start,
-            "until": until,
-            "max_gen_toks": max_gen_toks,
-            "stop_tokens": stop_tokens,
-        }
-
-    def _question_token(self, text: str, ids: list[int], question_char: int, task: str) -> int:
-        """Where the question of `text` (tokens `ids`) begins, in tokens."""
-        bos = self.tokenizer.bos_token
-        try:
-            encoded, first = question_token(
-                self.tokenizer, text, question_char, add_special_tokens=not (bos and text.startswith(bos))
-            )
-        except ValueError as error:
-            raise ValueError(f"{task}: {error}") from None
-        if encoded != ids:
-            raise ValueError(
-                f"{task}: the tokenizer's offsets do not match the prompt's tokens; cannot find where "
-                "its question begins"
-            )
-        return first
-
-    @functools.cached_property
-    def newline_token_ids(self) -> tuple[int, ...]:
-        """The tokens HELMET stops at when a task stops at a newline: "\n" in each of the usual vocabularies."""
-        ids = {self.tokenizer.convert_tokens_to_ids(t) for t in ("\n", "Ċ", "ĊĊ", "<0x0A>")}
-        return tuple(sorted(i for i in ids if i is not None and i != self.tokenizer.unk_token_id))
-
-    def _fit_prompt(self, prompt: str, doc: dict, budget: int, why: str, task: str):
-        """(text, tokens, question character): the prompt within `budget` tokens, and the character where its
-        question begins (None if its document does not say). A kvbench task's document says where its context
-        lies: then the end of the context is cut, as HELMET does, and the instruction and question stay. Any other
-        prompt is cut from the left, as lm-eval's hf backend does."""
-        ids = self.tok_encode(prompt)
-        span = _context_span(prompt, doc)
-        if span is None:
-            return prompt, self._left_truncate(ids, budget, why), None
-        if len(ids) <= budget:
-            return prompt, ids, span.stop
-        template = Template(prompt[: span.start], prompt[span.stop :])
-        shortened = truncate_context(self.tokenizer, template, prompt[span], budget, fix="max_length")
-        kept = self.tok_encode(shortened)
-        log.warning(
-            f"{task}: a prompt of {len(ids)} tokens is over {why}; the end of its context was cut by "
-            f"{len(ids) - len(kept)} tokens (as HELMET does), its instruction and question kept. Pass "
-            f"max_length= in --model_args if the model holds more positions (this one: "
-            f"{self._model.config.max_position_embeddings})."
-        )
-        return shortened, kept, len(shortened) - len(template.suffix)
-
-    def _fit(self, whole: list[int]) -> list[int]:
-        """As lm-eval's hf backend: the last max_length + 1 tokens of context + continuation (all but the last are fed)."""
-        return self._left_truncate(whole, self.max_length + 1, f"max_length {self.max_length} + 1")
-
     def _score(self, context: list[int], continuation: list[int]):
         if len(continuation) > self.max_length:
             raise ValueError(f"a continuation of {len(continuation)} tokens exceeds max_length ({self.max_length})")
-        whole = self._fit(context + continuation)
+        whole = self.prompts.fit_scored(context + continuation)
         return self._timed(
             score_continuation,
             self._model,
@@ -482,15 +359,6 @@ class KVBenchLM(TemplateLM):
             chunk_size=self.chunk_size,
             attn=self.attn,
         )
-
-    def _left_truncate(self, ids: list[int], limit: int, why: str) -> list[int]:
-        if len(ids) <= limit:
-            return ids
-        log.warning(
-            f"left truncation: a prompt of {len(ids)} tokens was cut to its last {limit} ({why}); "
-            f"{len(ids) - limit} tokens were cut from the left"
-        )
-        return ids[-limit:]
 
     def _refuse_agnostic(self, requests, kind: str) -> None:
         if self.query == "agnostic" and requests:
@@ -545,23 +413,6 @@ class KVBenchLM(TemplateLM):
         return kernels
 
 
-def _largest(peaks) -> dict[str, int]:
-    """Per device, the largest of several allocator peaks (a request scored in several windows)."""
-    out: dict[str, int] = {}
-    for peak in peaks:
-        for device, value in peak.items():
-            out[device] = max(out.get(device, 0), value)
-    return out
-
-
-def _context_span(prompt: str, doc: dict) -> slice | None:
-    """Where a kvbench document's context lies in the prompt lm-eval built from it (None for other tasks)."""
-    if not doc.get("context_end", 0) > doc.get("context_start", 0):
-        return None
-    start = prompt.find(doc["prompt"])
-    return None if start < 0 else slice(start + doc["context_start"], start + doc["context_end"])
-
-
 def _load_method(name: str, params: dict):
     """lm-eval has already turned "512" into 512 and "0.5" into 0.5; give the method back the strings so
     that kvbench's own conversion checks each parameter against its declared type."""
@@ -581,45 +432,3 @@ def _load_method(name: str, params: dict):
                 message += f"; method {name!r} takes: {describe_parameters(cls) or 'no parameters'}"
             message += f" (backend arguments: {', '.join(BACKEND_ARGS)})"
         raise ValueError(f"--model_args: {message}") from None
-
-
-def _model_parallel(parallelize: bool, device_map, max_memory_per_gpu, max_cpu_memory) -> dict:
-    """from_pretrained's placement arguments for one model split across devices (lm-eval's hf backend's names):
-    `parallelize=True` spreads the layers over the visible GPUs (device_map "auto", at most `max_memory_per_gpu`
-    each); `device_map=` places them as given. Each layer's KV cache then lives on its layer's device."""
-    if not parallelize and device_map is None:
-        return {}
-    placement = {"device_map": device_map or "auto"}
-    if max_memory_per_gpu is not None or max_cpu_memory is not None:
-        memory = {i: max_memory_per_gpu for i in range(torch.cuda.device_count())} if max_memory_per_gpu else {}
-        if max_cpu_memory is not None:
-            memory["cpu"] = max_cpu_memory
-        placement["max_memory"] = memory
-    return placement
-
-
-def _bool(value, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no", "none"):
-        return False
-    raise ValueError(f"{name} must be true or false; got {value!r}")
-
-
-def _pick_device(device: str | None) -> torch.device:
-    if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-        if device is not None:  # lm-eval passes "cuda" unless told otherwise: no news on a CPU machine
-            log.info(f"device {device!r}: CUDA is not available here; using the CPU")
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _torch_dtype(dtype):
-    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
-        return dtype or "auto"
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16; got {dtype!r}")
-    return value

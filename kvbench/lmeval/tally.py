@@ -41,6 +41,33 @@ class FootprintTally:
             row["context_group"] = context_group
         self.per_task[task or "unknown"].append(row)
 
+    def count(self, request, *runs) -> None:
+        """An lm-eval request's footprint (and its allocator peaks) under its task and document (the per-sample rows
+        read it there). `runs`: the Generation or Scorings it ran as (a rolling window each)."""
+        doc = getattr(request, "doc", None) or {}
+        peaks: dict[str, int] = {}
+        for run in runs:
+            for device, value in run.device_peak_bytes.items():
+                peaks[device] = max(peaks.get(device, 0), value)
+        self.add(
+            request.task_name,
+            *[run.stats for run in runs],
+            doc_id=getattr(request, "doc_id", None),
+            context_group=doc.get("context_group") if isinstance(doc, dict) else None,
+            device_peak_bytes=peaks,
+        )
+
+    @staticmethod
+    def counted(requests) -> list[bool]:
+        """Whether each request counts. With several processes, lm-eval pads a process's requests with copies of
+        its last one, so that all run as many: those copies ran, but count once."""
+        seen: dict[int, int] = {}
+        counted = []
+        for request in requests:
+            seen[id(request)] = seen.get(id(request), 0) + 1
+            counted.append(seen[id(request)] <= (getattr(request, "repeats", None) or 1))
+        return counted
+
     def export(self) -> dict:
         """This process's requests and engine time, handed over (to rank 0's tally) and cleared here."""
         part = {"per_task": dict(self.per_task), "seconds": self.seconds}

@@ -15,6 +15,7 @@ import torch
 
 from kvbench.method import KeepView, Method, ModelShape, require
 from kvbench.methods.streamingllm import check_sink_and_window, sinks_and_window
+from kvbench.settings import DEFAULT_HEAD_SPARSITY, DEFAULT_SINK, DEFAULT_WINDOW
 
 
 def read_pattern(path: str | Path) -> torch.Tensor:
@@ -54,9 +55,9 @@ def streaming_heads(scores: torch.Tensor, head_sparsity: float) -> torch.Tensor:
 @dataclass
 class HeadPatternMethod(Method):
     pattern: str | None = None
-    head_sparsity: float = 0.5
-    sink: int = 128
-    window: int = 1024
+    head_sparsity: float = DEFAULT_HEAD_SPARSITY
+    sink: int = DEFAULT_SINK
+    window: int = DEFAULT_WINDOW
 
     category = "recency"
     knob = "head_sparsity"

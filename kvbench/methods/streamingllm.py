@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvbench.method import KeepView, Method, require
+from kvbench.settings import DEFAULT_SINK, DEFAULT_WINDOW
 
 
 def sinks_and_window(view: KeepView, sink: int, window: int):
@@ -22,8 +23,8 @@ def check_sink_and_window(sink, window) -> None:
 
 @dataclass
 class StreamingLLM(Method):
-    sink: int = 128
-    window: int = 1024
+    sink: int = DEFAULT_SINK
+    window: int = DEFAULT_WINDOW
 
     name = "streamingllm"
     category = "recency"

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from kvbench import tiny
+from kvbench.settings import DEFAULT_THRESHOLD
 
 TASKS = ["kvbench_synth_recall", "kvbench_synth_rag", "kvbench_synth_rerank", "kvbench_synth_icl"]
 HEADS = {"sink": tiny.PATTERN_SINK, "window": tiny.PATTERN_WINDOW, "pattern": tiny.NAME}
@@ -70,7 +71,7 @@ def run(
     chunk_size: int = 256,
     quick: bool = False,
     tasks=TASKS,
-    threshold: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLD,
     print_fn=print,
 ) -> str:
     """Run (or resume) the demo sweep under `out`; write leaderboard.md and leaderboard.png; return the table.

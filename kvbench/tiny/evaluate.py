@@ -63,10 +63,10 @@ def evaluate(
     query: str = "aware",
 ) -> TaskResult:
     """`query="agnostic"`: each prompt's context is prefilled and evicted before its question is fed."""
-    from kvbench.engine import QUERY_MODES, generate
+    from kvbench.engine import generate
+    from kvbench.settings import check_query
 
-    if query not in QUERY_MODES:
-        raise ValueError(f"query must be one of {', '.join(QUERY_MODES)}; got {query!r}")
+    check_query(query)
     prompts = prompts if prompts is not None else samples(task, tokenizer, length, num_samples, seed)
     scores, footprints, peaks = [], [], []
     for sample in prompts:

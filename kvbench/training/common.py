@@ -11,6 +11,7 @@ from torch import nn
 
 from kvbench.method import ModelShape
 from kvbench.methods.streamingllm import check_sink_and_window
+from kvbench.settings import DEFAULT_SINK, DEFAULT_WINDOW
 from kvbench.training import data
 from kvbench.training.mixing import MIXED_ATTENTION, Mix, mixing
 
@@ -27,8 +28,8 @@ class TrainSettings:
     seq_len: int = 1024  # tokens per training sequence
     steps: int = 200
     batch_size: int = 4  # sequences per step (per process under accelerate)
-    sink: int = 128  # streaming heads keep `sink` first tokens ...
-    window: int = 1024  # ... and the last `window` tokens; use the same values at inference
+    sink: int = DEFAULT_SINK  # streaming heads keep `sink` first tokens ...
+    window: int = DEFAULT_WINDOW  # ... and the last `window` tokens; use the same values at inference
     lr: float = 0.1  # the gates' learning rate (Adam; PruLong used 1 over 1,000 steps, DuoAttention 0.02)
     seed: int = 0
     dtype: str = "float32"  # bfloat16 for real models on a GPU
