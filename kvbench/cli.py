@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--reg", type=float, default=0.05, help="weight of the L1 penalty on the gates")
     train.set_defaults(run=_duo_train)
 
-    from kvbench.tiny.demo import TASKS as demo_tasks
+    from kvbench.demo import TASKS as demo_tasks
 
     demo = commands.add_parser(
         "demo", help="offline: a small sweep on the bundled tiny model -> critical-KV-footprint table and plot"
@@ -558,7 +558,7 @@ def _duo_train(args) -> int:
 def _demo(args) -> int:
     from pathlib import Path
 
-    from kvbench.tiny import demo
+    from kvbench import demo
 
     table = demo.run(
         args.out,

@@ -44,20 +44,35 @@ class Generation:
     device_peak_bytes: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a request runs, with its defaults (generate's keywords, generate_many's, the backend's: one home)."""
+
+    tokenizer: object = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_new_tokens: int = 32
+    stop: Sequence[str] = ()
+    eos_token_id: int | Sequence[int] | None = None
+    attn: str = "sdpa"
+    return_logits: bool = False
+    stop_token_ids: Sequence[int] = ()
+    trace: bool = False
+
+
 def generate(
     model,
     prompt: str | Sequence[int] | torch.Tensor,
     method: Method | None = None,
     *,
-    tokenizer=None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    max_new_tokens: int = 32,
-    stop: Sequence[str] = (),
-    eos_token_id: int | Sequence[int] | None = None,
-    attn: str = "sdpa",
-    return_logits: bool = False,
-    stop_token_ids: Sequence[int] = (),
-    trace: bool = False,
+    tokenizer=Options.tokenizer,
+    chunk_size: int = Options.chunk_size,
+    max_new_tokens: int = Options.max_new_tokens,
+    stop: Sequence[str] = Options.stop,
+    eos_token_id: int | Sequence[int] | None = Options.eos_token_id,
+    attn: str = Options.attn,
+    return_logits: bool = Options.return_logits,
+    stop_token_ids: Sequence[int] = Options.stop_token_ids,
+    trace: bool = Options.trace,
     question_start: int | None = None,
 ) -> Generation:
     """Greedy generation with `method` managing the KV cache; footprint measured from the cache that ran.
@@ -70,16 +85,8 @@ def generate(
     the question, and the question is then run against what was kept (see `generate_many`). None: query-aware.
     """
     ids = _prompt_ids(prompt, tokenizer)
-    options = dict(
-        tokenizer=tokenizer,
-        chunk_size=chunk_size,
-        max_new_tokens=max_new_tokens,
-        stop=stop,
-        eos_token_id=eos_token_id,
-        attn=attn,
-        return_logits=return_logits,
-        stop_token_ids=stop_token_ids,
-        trace=trace,
+    options = Options(
+        tokenizer, chunk_size, max_new_tokens, stop, eos_token_id, attn, return_logits, stop_token_ids, trace
     )
     if question_start is not None:
         if not isinstance(question_start, int) or not 0 < question_start < len(ids):
@@ -87,8 +94,8 @@ def generate(
                 f"question_start must be a token index within the prompt (1..{len(ids) - 1}: a "
                 f"context and a question of at least one token each); got {question_start!r}"
             )
-        return generate_many(model, ids[:question_start], [ids[question_start:]], method, **options)[0]
-    run = _Request(model, method, len(ids), **options)
+        return generate_many(model, ids[:question_start], [ids[question_start:]], method, options=options)[0]
+    run = _Request(model, method, len(ids), options)
     ids = ids.to(run.device)
     with kvbench_attention(model), torch.inference_mode():
         logits = prefill(model, run.cache, ids, chunk_size, run.kernel)
@@ -100,11 +107,12 @@ def generate_many(
     context: Sequence[int] | torch.Tensor,
     questions: Sequence[Sequence[int] | torch.Tensor],
     method: Method | None = None,
-    **options,
+    options: Options | None = None,
+    **keywords,
 ) -> list[Generation]:
     """Query-agnostic answers to several questions about one context: the context is prefilled and evicted once,
     and each question is run, then answered, on its own copy of the kept cache (one answer never sees another).
-    Options as `generate`'s.
+    Options as `generate`'s, by keyword or as one `Options`.
 
     A question (with whatever follows it in the prompt) runs in one forward, the first decode step: its tokens see
     what the context kept and themselves causally, and the method may then evict as after any decode step (a
@@ -120,7 +128,10 @@ def generate_many(
     question_ids = [_prompt_ids(q, None) for q in questions]
     if not question_ids:
         raise ValueError("generate_many needs at least one question")
-    run = _Request(model, method, len(context_ids) + max(len(q) for q in question_ids), **options)
+    if options is not None and keywords:
+        raise ValueError("give generate_many its options either as keywords or as an Options, not both")
+    options = options or Options(**keywords)
+    run = _Request(model, method, len(context_ids) + max(len(q) for q in question_ids), options)
     context_ids = context_ids.to(run.device)
     results = []
     with kvbench_attention(model), torch.inference_mode():
@@ -141,23 +152,17 @@ def generate_many(
 class _Request:
     """What one request's prefill and decoding share: the checked options, the method, the cache."""
 
-    def __init__(
-        self,
-        model,
-        method,
-        prompt_tokens,
-        *,
-        tokenizer=None,
-        chunk_size=DEFAULT_CHUNK_SIZE,
-        max_new_tokens=32,
-        stop=(),
-        eos_token_id=None,
-        attn="sdpa",
-        return_logits=False,
-        stop_token_ids=(),
-        trace=False,
-    ):
+    def __init__(self, model, method, prompt_tokens: int, options: Options):
         from kvbench.methods.full import Full  # the default; the engine names no other method
+
+        tokenizer, chunk_size, max_new_tokens, stop = (
+            options.tokenizer,
+            options.chunk_size,
+            options.max_new_tokens,
+            options.stop,
+        )
+        eos_token_id, attn, trace = options.eos_token_id, options.attn, options.trace
+        return_logits, stop_token_ids = options.return_logits, options.stop_token_ids
 
         _check_request(model, chunk_size, max_new_tokens, attn, stop, tokenizer)
         shape = ModelShape.from_config(model.config)
@@ -245,8 +250,8 @@ def score_continuation(
     continuation: Sequence[int] | torch.Tensor,
     method: Method | None = None,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    attn: str = "sdpa",
+    chunk_size: int = Options.chunk_size,
+    attn: str = Options.attn,
 ) -> Scoring:
     """Log-probabilities of `continuation` after `context`, as a generation under `method` would see them.
 
@@ -263,7 +268,9 @@ def score_continuation(
     if context_ids.numel() == 0:
         raise ValueError("the context is empty: the first continuation token has nothing to be predicted from")
     fed = target[:-1]  # the last continuation token is predicted, never fed
-    run = _Request(model, method, len(context_ids) + len(fed), chunk_size=chunk_size, max_new_tokens=0, attn=attn)
+    run = _Request(
+        model, method, len(context_ids) + len(fed), Options(chunk_size=chunk_size, max_new_tokens=0, attn=attn)
+    )
     cache, method, shape, device, kernel = run.cache, run.method, run.cache.shape, run.device, run.kernel
     context_ids, fed, target = context_ids.to(device), fed.to(device), target.to(device)
     with kvbench_attention(model), torch.inference_mode():

@@ -8,6 +8,7 @@ it did not have. See DESIGN.md, "The method contract".
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -146,7 +147,7 @@ class Method:
     """Base class of every KV eviction method.
 
     Subclasses are dataclasses whose fields are the user parameters, with defaults. They set:
-    - `name` (unique) and `category` (full, recency, post-fill, quantization, ...), `description`;
+    - `name` (unique) and `category` (full, recency, score, quantization, ...), `description`;
     - `knob`: the one parameter a sweep varies to trade memory for quality, `knob_increases` (True
       when a larger knob keeps more entries) and `knob_values` (a default sweep grid);
     - `keeps_everything`: parameters under which the method keeps every entry (the conformance kit
@@ -180,10 +181,7 @@ class Method:
         return [list(range(shape.num_kv_heads))]
 
     def select(self, view: KeepView) -> torch.Tensor | None:
-        """After attention at a step: the held entries each head keeps, [h, k] ascending; None keeps all.
-
-        (Called `keep(view)` in DESIGN.md; renamed because `keep` is ScoreMethod's budget parameter.)
-        """
+        """After attention at a step: the held entries each head keeps, [h, k] ascending; None keeps all."""
         return None
 
     def scoring_tokens(self) -> int:
@@ -229,12 +227,25 @@ class ScoreMethod(Method):
     obs_window: int = 64
     schedule: str = "chunked"
 
-    category = "post-fill"
+    category = "score"  # the family (score, then keep the top k); `schedule` says when it evicts
     knob = "keep"
     knob_values = (0.1, 0.3, 0.5, 0.7, 0.9)
     keeps_everything = {"keep": 1.0}
-    # Most score methods leave decoding alone; H2O-style methods evict at every decode step.
-    evict_during_decode: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # The old name of evicts_while_decoding() (kvbench 0.1): a class attribute. It keeps working for one
+        # release, with a warning.
+        if "evict_during_decode" in cls.__dict__:
+            flag = bool(cls.__dict__["evict_during_decode"])
+            warnings.warn(
+                f"{cls.__qualname__}: `evict_during_decode = {flag}` is deprecated; define "
+                f"`def evicts_while_decoding(self): return {flag}` instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if "evicts_while_decoding" not in cls.__dict__:
+                cls.evicts_while_decoding = lambda self: flag
 
     def validate(self) -> None:
         require(
@@ -266,14 +277,15 @@ class ScoreMethod(Method):
         return self.obs_window if self.schedule == "patched" else 0
 
     def evicts_while_decoding(self) -> bool:
-        return self.evict_during_decode
+        """Most score methods leave decoding alone; H2O-style ones (and TOVA) evict at every decode step."""
+        return False
 
     def score(self, view: KeepView) -> torch.Tensor:
         """Importance of each held entry per KV head, [h, n]; higher is kept first."""
         raise NotImplementedError
 
     def select(self, view: KeepView) -> torch.Tensor | None:
-        if not self.evicts_at(view):
+        if not self.evicts_now(view):
             return None
         end = view.num_held - view.num_scoring  # the scoring tail is kept here; the cache drops it
         if self.budget is not None:
@@ -299,10 +311,17 @@ class ScoreMethod(Method):
             )
         return view.top_k(scores, k, candidates, recent=self.recent)
 
-    def evicts_at(self, view: KeepView) -> bool:
+    def evicts_now(self, view: KeepView) -> bool:
+        """Whether this step evicts: every prefill chunk (post-fill: the last), and a decode step when the method
+        evicts while decoding to a fixed budget."""
         if view.phase.is_decode:
-            return self.evict_during_decode and self.budget is not None
+            return self.evicts_while_decoding() and self.budget is not None
         return self.schedule != "postfill" or view.phase.is_last_chunk
+
+    def evicts_at(self, view: KeepView) -> bool:
+        """Deprecated (kvbench 0.1): evicts_now."""
+        warnings.warn("ScoreMethod.evicts_at is deprecated; call evicts_now", DeprecationWarning, stacklevel=2)
+        return self.evicts_now(view)
 
     def layer_budget(self, layer: int, k: int, candidates: int) -> int:
         """Entries kept by score at `layer` when the average layer keeps `k` of `candidates` entries (the

@@ -1,4 +1,4 @@
-"""The method registry: pluggy hook specifications, the plugin manager, entry-point discovery.
+"""The method registry: the plugin manager, entry-point discovery, and loading a method by name.
 
 Built-in methods are a plugin like any other (`kvbench.methods`); a third-party package adds its
 own with one entry point in the group "kvbench" pointing at a module (or object) that implements
@@ -19,18 +19,11 @@ from dataclasses import dataclass
 
 import pluggy
 
+from kvbench import methods as builtin
+from kvbench.hooks import PROJECT, MethodSpecs, hookimpl, hookspec  # noqa: F401 - hookimpl/hookspec: public names
 from kvbench.method import Method
 
-PROJECT = "kvbench"
 ENTRY_POINT_GROUP = "kvbench"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-class MethodSpecs:
-    @hookspec
-    def kvbench_methods(self) -> list[type[Method]]:
-        """Return the Method classes this plugin provides."""
 
 
 class PluginWarning(UserWarning):
@@ -45,8 +38,6 @@ class MethodEntry:
 
 def plugin_manager() -> pluggy.PluginManager:
     """A fresh manager with the built-in methods and every installed `kvbench` entry point."""
-    from kvbench import methods as builtin
-
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(MethodSpecs)
     manager.register(builtin, name=f"{PROJECT} (built-in)")
@@ -59,7 +50,24 @@ def plugin_manager() -> pluggy.PluginManager:
             warnings.warn(
                 f"kvbench plugin {source} failed to load: {type(error).__name__}: {error}", PluginWarning, stacklevel=2
             )
+            continue
+        _refuse_unknown_hooks(manager, plugin, source)
     return manager
+
+
+def _refuse_unknown_hooks(manager: pluggy.PluginManager, plugin, source: str) -> None:
+    """A hook implementation that matches no kvbench hook (a misspelt `kvbench_method`) would be ignored in silence:
+    it is named in a warning, and the plugin is left out."""
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:
+        manager.unregister(plugin)
+        warnings.warn(
+            f"kvbench plugin {source} left out: {error} (kvbench's hooks: "
+            f"{', '.join(name for name in dir(MethodSpecs) if name.startswith('kvbench_'))})",
+            PluginWarning,
+            stacklevel=3,
+        )
 
 
 @functools.cache
@@ -112,7 +120,7 @@ def contract_problems(method_class) -> list[str]:
     if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_\-]*", name)):
         problems.append(f"missing or bad `name` (lower-case letters, digits, '_' or '-'; got {name!r})")
     if not (isinstance(method_class.category, str) and method_class.category):
-        problems.append("missing `category` (e.g. full, recency, post-fill, quantization)")
+        problems.append("missing `category` (e.g. full, recency, score, quantization)")
     knob = method_class.knob
     if knob is not None and dataclasses.is_dataclass(method_class):
         if knob not in {field.name for field in dataclasses.fields(method_class)}:

@@ -186,7 +186,7 @@ def read_run(path, categories: dict[str, str]) -> Run:
         str(path),
         str(kv["model"]),
         method,
-        _with_defaults(method, dict(kv.get("method_params", {}))),
+        with_defaults(method, dict(kv.get("method_params", {}))),
         int(kv["chunk_size"]),
         knob,
         str(kv.get("query", "aware")),
@@ -334,7 +334,7 @@ def baseline_key(query: str = "aware") -> SettingKey:
     """`full` at its default parameters (16-bit KV): full attention with kv_bits 8 or 4 is a curve like any other.
     Full attention keeps everything, so it gives the same logits in both query modes: either mode's run is the
     baseline of both (query-aware's when there are both)."""
-    return BASELINE, json.dumps(_with_defaults(BASELINE, {}), sort_keys=True, default=str), query
+    return BASELINE, json.dumps(with_defaults(BASELINE, {}), sort_keys=True, default=str), query
 
 
 def split_label(label: str) -> tuple[str, str]:
@@ -388,7 +388,7 @@ def _registered_knob(method: str) -> str | None:
         return None
 
 
-def _with_defaults(method: str, params: dict) -> dict:
+def with_defaults(method: str, params: dict) -> dict:
     """The setting's parameters with the registered method's defaults filled in, so that a file that records
     fewer parameters (an older kvbench) names the same setting."""
     try:

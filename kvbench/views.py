@@ -23,7 +23,7 @@ from kvbench import scoring
 def _run_label(kv: dict) -> str:
     """The method and the parameters it runs with that differ from its defaults: "snapkv (keep=0.1, ...)". The
     schedule is always named, since post-fill and chunked runs of one method are the figure's contrast."""
-    params = scoring._with_defaults(kv["method"], {})
+    params = scoring.with_defaults(kv["method"], {})
     given = kv.get("method_params", {})
     changed = [f"{k}={v}" for k, v in given.items() if params.get(k, v) != v or k == "schedule"]
     if "schedule" in params and "schedule" not in given:

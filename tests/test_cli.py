@@ -38,7 +38,7 @@ def test_methods_at_80_columns_cut_nothing_and_show_the_defaults_that_apply(caps
     out = capsys.readouterr().out
     assert all(len(line) <= 80 for line in out.splitlines()) and "…" not in out
     lines = out.splitlines()
-    start = lines.index("snapkv  [post-fill; from kvbench (built-in)]")
+    start = lines.index("snapkv  [score; from kvbench (built-in)]")
     end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
     snapkv = " ".join(line.strip() for line in lines[start:end])
     assert "keep=0.5*" in snapkv and "schedule=chunked" in snapkv and "kernel=5" in snapkv  # whole, not cut

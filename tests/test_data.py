@@ -273,7 +273,7 @@ def test_helmet_documents_carry_the_lines_of_their_samples_and_demos(tokenizer, 
         assert docs["demo_lines"] == expected[reference]["demo_lines"]
     docs = recall.build("ruler_mk_uuid", tokenizer=tokenizer, context_length=131072, data_dir=tmp_path)["test"]
     assert docs["sample_line"] == expected["ruler_niah_mk_3"]["sample_lines"]
-    source = common.SOURCES["kvbench_ruler_mk_uuid"]
+    source = common.sources_of(["kvbench_ruler_mk_uuid"])["kvbench_ruler_mk_uuid"]
     assert source["data"] == "helmet" and list(source["files"]) == ["ruler/niah_multikey_3/validation_131072.jsonl"]
     assert (
         source["files"]["ruler/niah_multikey_3/validation_131072.jsonl"]

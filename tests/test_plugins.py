@@ -126,6 +126,54 @@ def test_method_lacking_the_contract_is_refused_saying_what_is_missing():
     assert "streamingllm" in entries and "no-dataclass" not in entries
 
 
+def test_a_misspelt_hook_implementation_is_named_and_its_plugin_left_out():
+    from kvbench.plugins import _refuse_unknown_hooks
+
+    class Typo:
+        @staticmethod
+        @hookimpl
+        def kvbench_method():  # should be kvbench_methods: pluggy would ignore it in silence
+            return [Duplicate]
+
+    manager = plugin_manager()
+    manager.register(Typo, name="typo 1.0")
+    with pytest.warns(
+        kvbench.plugins.PluginWarning,
+        match=r"kvbench plugin typo 1.0 left out: .*kvbench_method.*"
+        r"kvbench's hooks: kvbench_methods",
+    ):
+        _refuse_unknown_hooks(manager, Typo, "typo 1.0")
+    assert not manager.is_registered(Typo) and "streamingllm" in build_registry(manager)
+
+
+def test_the_old_name_of_evicts_while_decoding_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="evict_during_decode = True. is deprecated; define"):
+
+        @dataclass
+        class OldStyle(kvbench.ScoreMethod):
+            name = "old-style"
+            evict_during_decode = True
+
+            def score(self, view):
+                return view.attention_scores()
+
+    assert OldStyle(budget=8).evicts_while_decoding() and not SnapKV().evicts_while_decoding()
+    view = kvbench.KeepView(
+        0,
+        0,
+        [0],
+        kvbench.Phase(True, 0),
+        torch.zeros(1, 4, dtype=torch.long),
+        torch.zeros(1, 4, 2),
+        torch.zeros(1, 4, 2),
+        torch.zeros(1, 1, 1, 2),
+        1,
+        1.0,
+    )
+    with pytest.warns(DeprecationWarning, match="evicts_at is deprecated; call evicts_now"):
+        assert OldStyle(budget=8).evicts_at(view) is True
+
+
 # ---- unknown names and parameters ----
 
 

@@ -62,12 +62,19 @@ class Template:
 
 
 # Which data each task was built from, by lm-eval task name (the last build wins: it is the one that runs). The
-# kvbench backend writes the entries of the tasks it ran into every results file (config.kvbench.data).
-SOURCES: dict[str, dict] = {}
+# kvbench backend writes the entries of the tasks it ran into every results file (config.kvbench.data). Kept here
+# because lm-eval builds a task's documents without telling the backend anything but the documents; read and
+# written through the two functions below only.
+_SOURCES: dict[str, dict] = {}
 
 
 def record_source(task: str, **source) -> None:
-    SOURCES[f"kvbench_{task}"] = source
+    _SOURCES[f"kvbench_{task}"] = dict(source)
+
+
+def sources_of(tasks) -> dict[str, dict]:
+    """The recorded data source of each of `tasks` that has one (copies: a caller cannot change the record)."""
+    return {task: dict(_SOURCES[task]) for task in tasks if task in _SOURCES}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import kvbench
 from kvbench import attention
-from kvbench.data.common import SOURCES
+from kvbench.data.common import sources_of
 from kvbench.engine import generate, generate_many, score_continuation
 from kvbench.lmeval import loading
 from kvbench.lmeval.prompts import Prompts
@@ -396,7 +396,7 @@ class KVBenchLM(TemplateLM):
             **self.tally.summary(),
         }
         # Which data each task ran on (HELMET's files and their SHA-256, or a generator and its version).
-        run["data"] = {task: SOURCES[task] for task in run["tasks"] if task in SOURCES}
+        run["data"] = sources_of(run["tasks"])
         return {"kvbench": run}
 
     def _kernels(self) -> dict[str, str]:

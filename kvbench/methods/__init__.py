@@ -1,5 +1,6 @@
 """Built-in methods: one small file each, registered through the same hook as third-party ones."""
 
+from kvbench.hooks import hookimpl
 from kvbench.methods.duoattention import DuoAttention
 from kvbench.methods.full import Full
 from kvbench.methods.h2o import H2O
@@ -8,7 +9,6 @@ from kvbench.methods.prulong import PruLong
 from kvbench.methods.pyramidkv import PyramidKV
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
-from kvbench.plugins import hookimpl
 
 BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O]
 

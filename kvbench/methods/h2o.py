@@ -15,7 +15,9 @@ from kvbench.method import KeepView, ModelShape, ScoreMethod
 class H2O(ScoreMethod):
     name = "h2o"
     description = "Keeps heavy hitters (most accumulated attention) plus a recent window; evicts while decoding."
-    evict_during_decode = True
+
+    def evicts_while_decoding(self) -> bool:
+        return True
 
     def bind(self, shape: ModelShape) -> None:
         self.accumulated: dict[tuple[int, int], torch.Tensor] = {}  # per (layer, group), aligned with held

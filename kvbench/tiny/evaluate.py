@@ -14,7 +14,7 @@ import argparse
 import random
 from dataclasses import dataclass, field
 
-from kvbench.data import common, metrics, synth
+from kvbench.data import common, results, synth
 
 TASKS = tuple(synth.GENERATORS)
 
@@ -40,13 +40,9 @@ def samples(task: str, tokenizer, length: int, num_samples: int, seed: int = 42)
 
 
 def score(task: str, output: str, sample: dict) -> float:
-    metric = synth.METRICS[task]
-    if metric == "substring_exact_match":
-        return metrics.substring_exact_match(output, sample["answers"])
-    if metric == "label_accuracy":
-        return metrics.label_accuracy(output, sample["answers"][0])
-    qrels = {q.rsplit(":", 1)[0]: int(q.rsplit(":", 1)[1]) for q in sample["qrels"]}
-    return metrics.ndcg_at_10(output, qrels)
+    """A generated sample's score under its task's metric: the same scoring as the lm-eval tasks'
+    (kvbench.data.results.score)."""
+    return results.score({**sample, "metric": synth.METRICS[task]}, output)
 
 
 def evaluate(

@@ -17,12 +17,14 @@ class Tova(kvbench.ScoreMethod):
     recent: int = 0
 
     name = "tova"
-    category = "post-fill"
+    category = "score"
     description = "Keeps the entries the newest query attends to most (fixed budget, also while decoding)."
     knob = "budget"
     knob_values = (32, 64, 128, 256)
     keeps_everything = {"budget": 10**9}
-    evict_during_decode = True
+
+    def evicts_while_decoding(self) -> bool:
+        return True
 
     def score(self, view: kvbench.KeepView):
         return view.attention_scores(last=1)
