@@ -185,8 +185,11 @@ def _phases(cls, params, models) -> str:
             method = _build(cls, params)
             per_entry = bytes_per_entry(shape.head_dim, model.dtype, method.kv_bits)
             seen = _record_phases(method)
+            nan_scores = _record_nan_scores(method)
             result = _run(model, method, chunk_size)  # the cache validates every decision
             where = f"{label}, chunk {chunk_size}"
+            # top-k ranks NaN above every number, so NaN scores keep the wrong entries without any other symptom
+            assert not nan_scores, f"{where}: score() returned NaN at {nan_scores[0]} ({len(nan_scores)} call(s))"
             logits = torch.stack(result.logits)
             assert torch.isfinite(logits).all(), f"{where}: NaN or inf in the logits"
             stats = result.stats
@@ -197,7 +200,7 @@ def _phases(cls, params, models) -> str:
             )
             expected = {"chunk", "last chunk", "decode"} if chunk_size < PROMPT_TOKENS else {"last chunk", "decode"}
             assert seen >= expected, f"{where}: select() was not called at {sorted(expected - seen)}"
-    return "valid decisions, finite logits, footprint and peak in (0, 1], physical bytes = ledger"
+    return "valid decisions, no NaN scores, finite logits, footprint and peak in (0, 1], physical bytes = ledger"
 
 
 def _record_phases(method: Method) -> set[str]:
@@ -211,6 +214,25 @@ def _record_phases(method: Method) -> set[str]:
 
     method.select = select
     return seen
+
+
+def _record_nan_scores(method: Method) -> list[str]:
+    """Where a score method's `score` returned NaN (layer, head group, phase), in call order."""
+    found: list[str] = []
+    if not isinstance(method, ScoreMethod):
+        return found
+    score = method.score
+
+    def checked(view):
+        scores = score(view)
+        if torch.is_tensor(scores) and torch.isnan(scores).any():
+            phase = view.phase
+            step = "decode" if phase.is_decode else f"chunk {phase.chunk_index + 1} of {phase.num_chunks}"
+            found.append(f"layer {view.layer}, heads {list(view.heads)}, {step}")
+        return scores
+
+    method.score = checked
+    return found
 
 
 def _knob(cls, params, models) -> str:

@@ -252,6 +252,19 @@ class NoisyScores(SnapKV):
         return super().score(view) + torch.rand(len(view.heads), view.num_held)
 
 
+@dataclass
+class NaNScores(SnapKV):
+    """Scores that are NaN for a few entries of every head: top-k ranks NaN first, so exactly those are kept, while
+    logits, footprint and determinism all look fine."""
+
+    name = "nan-scores"
+
+    def score(self, view):
+        scores = super().score(view).clone()
+        scores[:, ::5] = float("nan")
+        return scores
+
+
 def failures(results):
     return {r.name: r.detail for r in results if r.failed}
 
@@ -284,6 +297,16 @@ def test_check_fails_a_method_keeping_out_of_range_indices():
 def test_check_fails_a_method_producing_nan():
     failed = failures(run_checks(MakesNaN))
     assert "NaN or inf in the logits" in failed["every phase, chunk sizes 1/7/64/>prompt"]
+
+
+def test_check_fails_a_method_whose_scores_hold_nan():
+    failed = failures(run_checks(NaNScores, {"keep": 0.3, "recent": 8, "obs_window": 8}))
+    # chunks of 1 and 7 tokens fit in the recent window (nothing scored); chunks of 64 evict
+    assert failed["every phase, chunk sizes 1/7/64/>prompt"].startswith(
+        "llama-gqa, chunk 64: score() returned NaN at layer 0, heads [0, 1], chunk 1 of 2"
+    )
+    # the symptom the check exists for: nothing else notices
+    assert set(failed) == {"every phase, chunk sizes 1/7/64/>prompt"}
 
 
 def test_check_fails_a_knob_moving_the_wrong_way():
