@@ -7,10 +7,11 @@ from kvbench.methods.h2o import H2O
 from kvbench.methods.l2norm import L2Norm
 from kvbench.methods.prulong import PruLong
 from kvbench.methods.pyramidkv import PyramidKV
+from kvbench.methods.random_eviction import RandomEviction
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
 
-BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O]
+BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O, RandomEviction]
 
 
 @hookimpl
