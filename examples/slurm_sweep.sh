@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A sweep as a SLURM job array: task i of n runs every n-th cell from the i-th (kvbench sweep --shard i/n), each on
-# one GPU, all writing into one output folder (each cell has its own subfolder; a rerun skips finished cells).
-# Then, from any node, once the array is done:
-#   kvbench leaderboard sweeps/paper --format md --out leaderboard.md --plot leaderboard.png
+# A sweep as a plain SLURM job array: every task runs the same command on one GPU and claims cells from the shared
+# output folder (each cell has its own subfolder and claim), so tasks that finish early take more cells and a lost
+# node's cells are taken over once its claims expire. `kvbench sweep ... --executor slurm --workers 8` submits the
+# same through submitit. Follow it, then score it, from any node:
+#   kvbench sweep --status sweeps/paper
+#   kvbench leaderboard sweeps/paper --strict --format md --out leaderboard.md --plot leaderboard.png
 #
 #   sbatch examples/slurm_sweep.sh
 #SBATCH --job-name=kvbench-sweep
@@ -12,4 +14,4 @@
 #SBATCH --mem=64G
 #SBATCH --time=24:00:00
 set -euo pipefail
-kvbench sweep examples/sweep_paper.yaml --out sweeps/paper --shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}"
+kvbench sweep examples/sweep_paper.yaml --out sweeps/paper

@@ -128,15 +128,48 @@ def _eval(lm_eval_args: list[str]) -> int:
 
 
 def _sweep(args) -> int:
-    from kvbench.sweep import refine, run_sweep
+    from kvbench import launch
+    from kvbench.sweep import check_retries, refine, run_sweep, status
 
-    ran = run_sweep(args.config, args.out, shard_spec=args.shard, dry_run=args.dry_run)
+    if args.status:
+        if args.config:
+            raise ValueError("--status takes the sweep's folder only: kvbench sweep --status DIR")
+        print(status(args.status))
+        return 0
+    if not args.config:
+        raise ValueError("give a sweep config (kvbench sweep CONFIG.yaml --out DIR), or --status DIR")
+    check_retries(args.retries)
+    if args.claim_expiry <= 0:
+        raise ValueError(f"--claim-expiry must be a number of seconds > 0; got {args.claim_expiry}")
+    if args.executor:
+        if args.shard or args.dry_run or args.refine is not None:
+            raise ValueError(
+                "--executor starts workers that claim cells: it takes no --shard, --dry-run or --refine (run the "
+                "refinement once the workers are done)"
+            )
+        return launch.launch(args)
+    ran = run_sweep(
+        args.config,
+        args.out,
+        shard_spec=args.shard,
+        dry_run=args.dry_run,
+        retries=args.retries,
+        expiry=args.claim_expiry,
+    )
     if not args.dry_run:
-        print(f"{len(ran)} cell(s) run; results under {args.out}")
+        print(f"{len(ran)} cell(s) run by this worker; results under {args.out}")
     if args.refine is not None and not args.dry_run:
         if args.shard:
             raise ValueError("--refine reads the whole sweep's results: run it once, without --shard, after the shards")
-        added = refine(args.config, args.out, args.refine, args.refine_budget, args.threshold)
+        added = refine(
+            args.config,
+            args.out,
+            args.refine,
+            args.refine_budget,
+            args.threshold,
+            retries=args.retries,
+            expiry=args.claim_expiry,
+        )
         print(f"refinement: {len(added)} cell(s) added (listed in {args.out}/refined.yaml)")
     return 0
 
@@ -147,6 +180,7 @@ def _leaderboard(args) -> int:
     from kvbench import leaderboard, scoring
 
     with _warnings_printed():
+        _check_complete(args.results, args.strict)
         runs = scoring.load_runs(args.results, scoring.parse_categories(args.category))
         if not runs:
             raise ValueError("no usable result files among " + " ".join(args.results))
@@ -166,6 +200,30 @@ def _leaderboard(args) -> int:
         leaderboard.plot(boards, args.plot, args.threshold)
         print(f"plot -> {args.plot}")
     return 0
+
+
+def _check_complete(paths, strict: bool) -> None:
+    """A sweep folder's cells without results are named (a warning; --strict: an error), not scored around."""
+    import warnings
+    from pathlib import Path
+
+    from kvbench.scoring import ResultFileWarning
+    from kvbench.sweep import unfinished
+
+    for path in paths:
+        if not Path(path).is_dir():
+            continue
+        failed, missing = unfinished(path)
+        if not failed and not missing:
+            continue
+        shown = [f"failed: {c}" for c in failed] + [f"no results: {c}" for c in missing]
+        message = (
+            f"{path}: {len(failed)} failed and {len(missing)} unfinished cell(s) of the sweep's grid are not scored "
+            f"(`kvbench sweep --status {path}`): " + "; ".join(shown[:5]) + ("; ..." if len(shown) > 5 else "")
+        )
+        if strict:
+            raise ValueError(message + " (--strict)")
+        warnings.warn(message, ResultFileWarning, stacklevel=2)
 
 
 def _warnings_printed():
@@ -301,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep", help="run a grid of models x methods x knob values x tasks x lengths x chunk sizes (resumable)"
     )
-    sweep.add_argument("config", help="sweep config YAML (see examples/sweep_tiny.yaml)")
+    sweep.add_argument("config", nargs="?", help="sweep config YAML (see examples/sweep_tiny.yaml)")
     sweep.add_argument("--out", default="sweeps", help="results folder, one subfolder per cell (default: sweeps)")
     sweep.add_argument("--shard", default=None, metavar="i/n", help="run every n-th cell from the i-th (0 <= i < n)")
     sweep.add_argument("--dry-run", action="store_true", help="print the equivalent lm_eval command of every cell")
@@ -321,6 +379,43 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=settings.DEFAULT_THRESHOLD,
         help=f"--refine's threshold (default {settings.DEFAULT_THRESHOLD})",
+    )
+    sweep.add_argument(
+        "--status", metavar="DIR", default=None, help="print the sweep in DIR: done / running / failed / pending, ETA"
+    )
+    sweep.add_argument(
+        "--retries",
+        type=int,
+        default=settings.DEFAULT_RETRIES,
+        help=f"times a cell that raised is tried again before it is reported failed (default {settings.DEFAULT_RETRIES})",
+    )
+    sweep.add_argument(
+        "--claim-expiry",
+        type=float,
+        default=settings.DEFAULT_CLAIM_EXPIRY,
+        metavar="SECONDS",
+        help="a cell whose worker has not refreshed its claim for this long is run again "
+        f"(default {settings.DEFAULT_CLAIM_EXPIRY:g})",
+    )
+    sweep.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default=None,
+        help="start workers that share the grid through claimed cells: local processes, or SLURM jobs (submitit)",
+    )
+    sweep.add_argument(
+        "--workers", type=int, default=None, help="workers to start (default: one per visible GPU; 1 without GPUs)"
+    )
+    sweep.add_argument("--partition", default=None, help="--executor slurm: the partition")
+    sweep.add_argument("--gpus-per-worker", type=int, default=None, help="GPUs each worker gets (default 1 with GPUs)")
+    sweep.add_argument(
+        "--time-limit", type=int, default=None, metavar="MINUTES", help="each worker's time limit (default 24 h)"
+    )
+    sweep.add_argument(
+        "--array-parallelism",
+        type=int,
+        default=None,
+        help="--executor slurm: the most workers running at once (default: all)",
     )
     sweep.set_defaults(run=_sweep)
 
@@ -366,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_SEED,
         help=f"seed of the bootstrap draws: the same files and seed give the same table (default {DEFAULT_SEED})",
+    )
+    board.add_argument(
+        "--strict", action="store_true", help="refuse a sweep folder whose grid has failed or unfinished cells"
     )
     board.set_defaults(run=_leaderboard)
 

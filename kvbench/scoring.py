@@ -180,6 +180,11 @@ def read_run(path, categories: dict[str, str]) -> Run:
     kv = data.get("config", {}).get("kvbench")
     if not kv:
         raise ValueError("no config.kvbench: not run with `--model kvbench`, so no footprint")
+    if not kv.get("tasks"):
+        raise ValueError(
+            "config.kvbench has no per-task tallies: no request reached kvbench (answered from lm-eval's "
+            "--use_cache, which kvbench refuses, or no task ran), so there is no footprint to score"
+        )
     method = str(kv["method"])
     knob = data["config"].get("kvbench_sweep", {}).get("knob")
     run = Run(

@@ -17,6 +17,10 @@ DEFAULT_KEEP = 0.5  # a score method's kept share, when neither keep nor budget 
 DEFAULT_HEAD_SPARSITY = 0.5  # DuoAttention/PruLong: the share of streaming heads
 QUERY_MODES = ("aware", "agnostic")  # the question prefilled with its context, or run after the context's eviction
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Sweeps: a cell that raises is tried again this often, then reported failed; a claim not refreshed for this many
+# seconds belongs to a stopped worker (kvbench/claims.py).
+DEFAULT_RETRIES = 1
+DEFAULT_CLAIM_EXPIRY = 600.0
 
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "none")
 

@@ -23,15 +23,18 @@ The config (see examples/sweep_tiny.yaml, examples/sweep_paper.yaml):
     metadata: {num_samples: 2}     # more lm-eval --metadata for the tasks
     model_args: {dtype: auto}      # more backend arguments (device, dtype, attn, max_length)
     limit: null                    # lm-eval --limit
+    launch: {workers: 8, partition: gpu, gpus_per_worker: 1, time_limit: 1440}   # --executor's defaults
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import logging
+import os
 import shlex
 import time
 from contextlib import contextmanager
@@ -39,9 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
+from kvbench import claims
 from kvbench.files import write_atomically
-from kvbench.settings import DEFAULT_THRESHOLD
+from kvbench.settings import DEFAULT_RETRIES, DEFAULT_THRESHOLD
 
 GRID_KEYS = {
     "models",
@@ -53,6 +58,7 @@ GRID_KEYS = {
     "metadata",
     "model_args",
     "limit",
+    "launch",  # --executor's options (kvbench/launch.py), not part of the grid
 }
 
 
@@ -199,39 +205,236 @@ def shard(grid: list[Cell], spec: str | None) -> list[Cell]:
 
 
 def is_done(cell: Cell, out: Path) -> bool:
-    return (cell.folder(out) / "results.json").is_file()
+    return (cell.folder(out) / claims.RESULTS).is_file()
 
 
-def run_sweep(config_path, out, shard_spec: str | None = None, dry_run: bool = False, print_fn=print) -> list[Cell]:
-    """Run (or, dry, print) this shard's cells; return the cells run now."""
+GRID = "grid.json"  # every cell a sweep into this folder has asked for (refined ones included): what is pending
+
+
+def record_grid(out: Path, grid: list[Cell], retries: int) -> None:
+    """Add `grid` to OUT/grid.json (several configs may share a folder, as kvbench-tiny's do), so that the folder
+    alone says what is done, running, failed and pending (`kvbench sweep --status`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / ".grid.lock"), timeout=claims.LOCK_TIMEOUT):
+        known = read_grid(out)
+        cells_by_key = {cell.key: cell for cell in known.cells} if known else {}
+        cells_by_key.update({cell.key: cell for cell in grid if cell.key not in cells_by_key})
+        record = {"retries": retries, "cells": [{**c.as_dict(), "key": c.key} for c in cells_by_key.values()]}
+        write_atomically(out / GRID, json.dumps(record, indent=1))
+
+
+@dataclass(frozen=True)
+class Grid:
+    retries: int
+    cells: list[Cell]
+
+
+def read_grid(out: Path) -> Grid | None:
+    """The folder's grid, or None for a folder without one (made by an older kvbench, or not a sweep's)."""
+    path = Path(out) / GRID
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        grid = [Cell(**{k: v for k, v in row.items() if k != "key"}) for row in data["cells"]]
+        return Grid(int(data["retries"]), grid)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a sweep's grid file ({error})") from None
+
+
+def run_sweep(
+    config_path,
+    out,
+    shard_spec: str | None = None,
+    dry_run: bool = False,
+    print_fn=print,
+    retries: int = DEFAULT_RETRIES,
+    expiry: float = claims.DEFAULT_EXPIRY,
+) -> list[Cell]:
+    """Run (or, dry, print) this shard's cells; return the cells this worker ran."""
     out = Path(out)
     todo = shard(cells(load_config(config_path)), shard_spec)
     if dry_run:
         for cell in todo:
             print_fn(("# done: " if is_done(cell, out) else "") + cell.lm_eval_command(out))
         return []
-    return run_cells(todo, out, print_fn)
+    check_retries(retries)
+    record_grid(out, todo, retries)
+    return run_cells(todo, out, print_fn, retries=retries, expiry=expiry)
 
 
-def run_cells(todo: list[Cell], out: Path, print_fn=print) -> list[Cell]:
-    """Run the cells of `todo` that have no results yet, in order, with one progress report; return them."""
-    pending = [c for c in todo if not is_done(c, out)]
+def check_retries(retries) -> None:
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"--retries must be an integer >= 0 (retries after a cell's first failure); got {retries!r}")
+
+
+def run_cells(
+    todo: list[Cell], out: Path, print_fn=print, retries: int = DEFAULT_RETRIES, expiry: float = claims.DEFAULT_EXPIRY
+) -> list[Cell]:
+    """Claim and run the pending cells of `todo`, in order, until none is left (kvbench.claims): cells that other
+    workers run are left to them, and waited for while they run, so that a cell whose worker dies (its claim
+    expires) is run by a survivor. A cell that raises is recorded in its folder and tried again up to `retries`
+    times; the worker goes on. Returns the cells this worker ran to completion."""
     import sys
 
     from rich.console import Console
 
     console = Console(file=sys.stderr)  # this stream, not the one the cells' bars are sent away to
     report = _TerminalProgress(console) if console.is_terminal else _LogProgress(print_fn)
-    with report.running(total=len(todo), done=len(todo) - len(pending)) as advance, _quiet_cells():
+    team = _Team.of_this_process(todo)
+    done_before = sum(is_done(c, out) for c in todo)
+    ran: list[Cell] = []
+    with report.running(total=len(todo), done=done_before) as advance, _quiet_cells():
         runner = None
-        for cell in pending:
-            started = time.perf_counter()
+        while True:
+            claim, index = None, None
+            if team.leads:
+                claim, index = _claim_next(todo, out, retries, expiry)
+            index = team.agree(index)
+            if index == _WAIT:
+                time.sleep(min(30.0, expiry / 12))
+                continue
+            if index is None:
+                break
+            cell = todo[index]
             if runner is None or runner.model_name != cell.model:
                 runner = CellRunner(cell)  # models come in grid order: each is loaded once
             advance(cell, before=True)
-            run_cell(runner, cell, out)
-            advance(cell, seconds=time.perf_counter() - started)
-    return pending
+            started = time.perf_counter()
+            try:
+                if claim is None:  # a data-parallel follower: rank 0 holds the claim and writes the files
+                    runner.evaluate(cell)
+                    continue
+                with claims.kept_alive(claim, expiry):
+                    results = evaluate_cell(runner, cell, out)
+                seconds = time.perf_counter() - started
+                if claims.commit(claim, functools.partial(write_cell, cell.folder(out), cell, results), seconds):
+                    ran.append(cell)
+                    advance(cell, seconds=seconds)
+                else:
+                    print_fn(f"sweep: {cell.describe()}: another worker took this cell over; its results stand")
+            except Exception as error:  # recorded; the worker goes on with the next cell
+                if claim is None:
+                    continue
+                failures = claims.record_failure(claim, error)
+                what = "will be retried" if failures <= retries else f"failed {failures} time(s): given up"
+                print_fn(
+                    f"sweep: {cell.describe()}: {type(error).__name__}: {error} ({what}; traceback in "
+                    f"{cell.folder(out) / claims.ERROR})"
+                )
+            except BaseException:  # interrupted: the cell is pending again at once, not after the claim's expiry
+                if claim is not None:
+                    claims.release(claim)
+                raise
+    return ran
+
+
+_WAIT = "wait"  # every pending cell is running elsewhere: wait for them to finish, or for a claim to expire
+
+
+def _claim_next(todo: list[Cell], out: Path, retries: int, expiry: float):
+    """(claim, index) of the first pending cell this worker could claim; (None, _WAIT) when the only cells left
+    run elsewhere; (None, None) when nothing is left to run (done, or failed past its retries)."""
+    running = False
+    for index, cell in enumerate(todo):
+        found = claims.state(cell.folder(out), retries, expiry)
+        if found.status == "running":
+            running = True
+        if found.status != "pending":
+            continue
+        claim = claims.try_claim(cell.folder(out), retries, expiry)
+        if claim is not None:
+            return claim, index
+        running = True  # claimed by another worker between the look and the claim
+    return None, (_WAIT if running else None)
+
+
+class _Team:
+    """The processes of one worker: one, or a data-parallel group (torchrun / accelerate launch) that runs every
+    cell together. Rank 0 claims and tells the others which cell comes next."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.leads = group is None or _rank() == 0
+
+    @classmethod
+    def of_this_process(cls, todo: list[Cell]) -> _Team:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        import torch
+        from accelerate import PartialState
+
+        # The backend's model loading makes the same state (kvbench.lmeval.loading.Processes); made here first so
+        # that the processes can agree on the first cell before any model is loaded.
+        devices = {str((cell.model_args or {}).get("device", "")) for cell in todo}
+        PartialState(cpu=devices == {"cpu"} or not torch.cuda.is_available())
+        return cls(torch.distributed.new_group(backend="gloo"))
+
+    def agree(self, choice):
+        if self.group is None:
+            return choice
+        import torch
+
+        message = [choice]
+        torch.distributed.broadcast_object_list(message, src=0, group=self.group)
+        return message[0]
+
+
+def _rank() -> int:
+    import torch
+
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def status(out) -> str:
+    """`kvbench sweep --status OUT`: done / running (host, age) / failed / pending counts, and an ETA."""
+    out = Path(out)
+    grid = read_grid(out)
+    if grid is None:
+        raise ValueError(f"{out}: no {GRID} (not a sweep folder, or made by a kvbench older than claimed cells)")
+    now = time.time()
+    by_status: dict[str, list] = {"done": [], "running": [], "failed": [], "pending": []}
+    seconds = []
+    for cell in grid.cells:
+        found = claims.state(cell.folder(out), grid.retries, now=now)
+        by_status[found.status].append((cell, found))
+        seconds += [r["seconds"] for r in claims.attempts(cell.folder(out)) if r.get("event") == "done"]
+    lines = [
+        f"{out}: {len(grid.cells)} cells: "
+        + ", ".join(f"{len(by_status[s])} {s}" for s in ("done", "running", "failed", "pending"))
+    ]
+    for cell, found in by_status["running"]:
+        age = _clock(now - float(found.claim["started"]))
+        lines.append(f"  running  {cell.describe()} on {found.claim['host']} (pid {found.claim['pid']}) for {age}")
+    for cell, found in by_status["failed"]:
+        lines.append(
+            f"  failed   {cell.describe()} after {found.failures} attempt(s): {found.error['error']} "
+            f"({cell.folder(out) / claims.ERROR})"
+        )
+    left = len(by_status["running"]) + len(by_status["pending"])
+    if left and seconds:
+        workers = max(1, len({(f.claim["host"], f.claim["pid"]) for _, f in by_status["running"]}))
+        mean = sum(seconds) / len(seconds)
+        lines.append(
+            f"ETA {_clock(mean * left / workers)} at {workers} worker(s) ({mean:.1f} s a cell, from "
+            f"{len(seconds)} finished)"
+        )
+    return "\n".join(lines)
+
+
+def unfinished(out) -> tuple[list[str], list[str]]:
+    """(failed, missing): the grid's cells of `out` without results, described; ([], []) without a grid file."""
+    grid = read_grid(out)
+    if grid is None:
+        return [], []
+    failed, missing = [], []
+    for cell in grid.cells:
+        found = claims.state(cell.folder(Path(out)), grid.retries)
+        if found.status == "failed":
+            failed.append(f"{cell.describe()} ({found.error['error']})")
+        elif found.status != "done":
+            missing.append(f"{cell.describe()} ({found.status})")
+    return failed, missing
 
 
 # ---- spending samples where they decide ----
@@ -247,6 +450,8 @@ def refine(
     replicates: int = 2000,
     seed: int = 0,
     print_fn=print,
+    retries: int = DEFAULT_RETRIES,
+    expiry: float = claims.DEFAULT_EXPIRY,
 ) -> list[Cell]:
     """After the grid: where a curve crosses its threshold between two knob values and either its critical
     footprint's interval or the footprint between those two settings is wider than `width` (a share of full
@@ -290,7 +495,8 @@ def refine(
         )
         added += [cell for _, _, cell in proposed]
         write_atomically(out / "refined.yaml", yaml.safe_dump([cell.as_dict() for cell in added], sort_keys=False))
-        run_cells([cell for _, _, cell in proposed], out, print_fn)
+        record_grid(out, [cell for _, _, cell in proposed], retries)
+        run_cells([cell for _, _, cell in proposed], out, print_fn, retries=retries, expiry=expiry)
     return added
 
 
@@ -493,21 +699,30 @@ class CellRunner:
         )
 
 
-def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:
+def evaluate_cell(runner: CellRunner, cell: Cell, out: Path) -> dict | None:
+    """The cell's lm-eval results (None in a data-parallel process other than rank 0, which gets them all)."""
+    folder = cell.folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(folder / "config.json", json.dumps(cell.as_dict(), indent=1, sort_keys=True))
+    return runner.evaluate(cell)
+
+
+def write_cell(folder: Path, cell: Cell, results: dict) -> Path:
+    """The per-sample rows, then the results file: its presence marks the cell done."""
     from lm_eval.utils import handle_non_serializable
 
     from kvbench.lmeval import samples
 
-    folder = cell.folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomically(folder / "config.json", json.dumps(cell.as_dict(), indent=1, sort_keys=True))
-    results = runner.evaluate(cell)
-    if results is None:  # a data-parallel process other than rank 0: lm-eval hands the results to rank 0 alone
-        return None
     results["config"]["kvbench_sweep"] = {**cell.as_dict(), "key": cell.key}
     per_task = results.pop("samples", None) or results.pop(samples.RESULTS_KEY, None) or {}
     for task, rows in per_task.items():
         samples.write_jsonl(folder / f"samples_{task}.jsonl", rows)
-    path = folder / "results.json"  # last: its presence marks the cell done
+    path = folder / claims.RESULTS
     write_atomically(path, json.dumps(results, indent=1, default=handle_non_serializable))
     return path
+
+
+def run_cell(runner: CellRunner, cell: Cell, out: Path) -> Path | None:
+    """Run one cell unclaimed and write its files (for a caller that owns the folder)."""
+    results = evaluate_cell(runner, cell, out)
+    return None if results is None else write_cell(cell.folder(out), cell, results)

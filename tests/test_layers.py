@@ -12,7 +12,7 @@ import kvbench
 
 PACKAGE = Path(kvbench.__file__).parent
 
-TOP = {"cli", "demo", "sweep", "scoring", "leaderboard", "views", "lmeval"}
+TOP = {"cli", "demo", "sweep", "launch", "scoring", "leaderboard", "views", "lmeval"}
 RUNTIME = {"engine", "step", "cache", "attention", "devices"}
 
 # module (or package, ending in "/") -> kvbench modules it must never import
@@ -30,6 +30,7 @@ FORBIDDEN = {
     "statistics": TOP | RUNTIME | {"method", "methods", "plugins", "data", "ledger"},
     "settings": TOP | RUNTIME | {"method", "methods", "plugins", "data"},
     "files": TOP | RUNTIME | {"method", "methods", "plugins", "data"},
+    "claims": TOP | RUNTIME | {"method", "methods", "plugins", "data"},
 }
 EXEMPT = {"tiny/demo"}  # the deprecated alias of kvbench/demo.py, kept for one release
 

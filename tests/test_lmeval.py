@@ -577,3 +577,26 @@ def test_lm_evals_own_task_index_is_reused_until_a_yaml_changes(tmp_path, monkey
     assert _cached_index(build, root) == {"one": "entry 1"} and len(builds) == 1  # read back, not rebuilt
     (root / "a" / "one.yaml").write_text("task: one\ndescription: changed\n")
     assert _cached_index(build, root) == {"one": "entry 2"} and len(builds) == 2  # a changed file: indexed again
+
+
+def test_lm_evals_response_cache_is_refused_because_it_would_drop_the_measurement(monkeypatch, capsys, tmp_path):
+    """--use_cache answers a repeated run's requests without the backend, so the footprint of each would be lost
+    (the results file kept scores beside `tasks: {}`): refused in one line that points at the sweep's resume."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", "kvbench", "--model_args", "pretrained=kvbench-tiny,method=full", "--tasks"]
+    argv += ["kvbench_synth_recall", "--metadata", json.dumps({"context_length": 1024, "num_samples": 1})]
+    code, stderr = in_process("lm_eval", [*argv, "--use_cache", str(tmp_path / "responses")], monkeypatch, capsys)
+    assert code == 2
+    [line] = [line for line in stderr.splitlines() if line.startswith("kvbench: error:")]
+    assert "--use_cache" in line and "kvbench sweep" in line
+    assert "Traceback" not in stderr
+
+
+def test_a_results_file_without_task_tallies_is_refused_for_that_reason(tmp_path):
+    from kvbench.scoring import read_run
+
+    path = tmp_path / "results_cached.json"
+    kv = {"method": "full", "tasks": {}, "requests": 0, "tokens": 0}
+    path.write_text(json.dumps({"results": {"kvbench_synth_recall": {"acc,none": 1.0}}, "config": {"kvbench": kv}}))
+    with pytest.raises(ValueError, match="no per-task tallies.*--use_cache"):
+        read_run(path, {})

@@ -135,7 +135,7 @@ def test_a_curve_that_stops_moving_is_left_alone(tmp_path, monkeypatch):
         write(cell, score, footprint)
     ran = []
 
-    def run_cells(proposed, out, print_fn):  # each added setting lands on keep 0.5's footprint and score
+    def run_cells(proposed, out, print_fn, **_):  # each added setting lands on keep 0.5's footprint and score
         ran.extend(proposed)
         for cell in proposed:
             write(cell, 1.0, 0.5)

@@ -138,7 +138,7 @@ def test_round_trip_from_real_lm_eval_results_to_the_leaderboard(uninterrupted):
 def test_every_cell_keeps_compact_per_sample_rows_that_the_scorer_reads(uninterrupted):
     """Without any flag: each sample's doc_id, metric values under lm-eval's names and footprint; no prompt and no
     response. Their means are the results file's figures, and they give the leaderboard its interval."""
-    for folder in uninterrupted.iterdir():
+    for folder in (p for p in uninterrupted.iterdir() if p.is_dir()):
         [samples] = folder.glob("samples_*.jsonl")
         assert samples.name == "samples_kvbench_synth_recall.jsonl"
         rows = [json.loads(line) for line in samples.read_text().splitlines()]

@@ -148,6 +148,15 @@ class KVBenchLM(TemplateLM):
 
     # ---- the processes sharing the requests (lm-eval calls these) ----
 
+    def set_cache_hook(self, cache_hook) -> None:
+        # Only lm-eval's CachingLM (--use_cache) calls this. A request it answers from its cache never reaches the
+        # backend, so its KV measurements would be missing from the tallies: refused, pointing at the sweep's resume.
+        raise ValueError(
+            "--use_cache answers requests from lm-eval's response cache, which holds no KV measurements (the "
+            "footprint of every cached request would be lost); to resume a long run use `kvbench sweep`, which "
+            "skips the cells already done"
+        )
+
     def all_gather(self, tensor):
         return self.processes.all_gather(tensor)
 
