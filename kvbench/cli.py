@@ -687,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader went away (`kvbench sweep --status DIR | head`): nothing left to say
+        sys.stderr.close()
+        return 0
     except (ValueError, OSError) as error:
         print(f"kvbench: error: {error}", file=sys.stderr)
         return 2
