@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvbench import claims, cli, leaderboard, scoring, sweep
+from kvbench import claims, cli, sweep
 from kvbench.sweep import cells, load_config, run_cells, run_sweep
 
 BIN = Path(sys.executable).parent
@@ -246,112 +245,3 @@ def test_a_sweep_folder_with_missing_or_failed_cells_is_named_by_the_leaderboard
     assert "failed: m streamingllm(window=64) a ctx=1024 chunk=64 (RuntimeError: out of memory)" in err
     assert cli.main(["leaderboard", str(out), "--strict"]) == 2
     assert "(--strict)" in capsys.readouterr().err
-
-
-# ---- real workers on the bundled model ----
-
-
-@pytest.fixture(scope="module")
-def twelve_cells(tmp_path_factory):
-    path = tmp_path_factory.mktemp("twelve") / "sweep.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "models": ["kvbench-tiny"],
-                "methods": [
-                    {"name": "full"},
-                    {"name": "streamingllm", "params": {"sink": 4}, "values": [16, 32, 64, 128, 256]},
-                ],
-                "tasks": ["kvbench_synth_recall", "kvbench_synth_rag"],
-                "context_lengths": [1024],
-                "chunk_sizes": [256],
-                "metadata": {"num_samples": 2},
-                "model_args": {"device": "cpu"},
-            }
-        )
-    )
-    assert len(cells(load_config(path))) == 12
-    return path
-
-
-def board_json(folder) -> dict:
-    data = json.loads(leaderboard.render(scoring.score_runs(scoring.load_runs([folder])), "json", 0.9))
-    for run in data["runs"]:
-        del run["files"]
-    return data
-
-
-@pytest.mark.slow
-def test_three_workers_on_one_folder_run_every_cell_exactly_once(twelve_cells, tmp_path):
-    out = tmp_path / "out"
-    command = [str(BIN / "kvbench"), "sweep", str(twelve_cells), "--out", str(out)]
-    workers = [
-        subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)
-    ]
-    outputs = [worker.communicate(timeout=600) for worker in workers]
-    assert all(worker.returncode == 0 for worker in workers), [err[-2000:] for _, err in outputs]
-    folders = cell_folders(out)
-    assert len(folders) == 12
-    for folder in folders:  # counted from the cells' own records
-        assert events(folder) == ["start", "done"], folder
-    counts = [int(stdout.split(" cell(s) run by this worker")[0].split()[-1]) for stdout, _ in outputs]
-    assert sum(counts) == 12 and sum(count > 0 for count in counts) >= 2, counts  # the work was shared
-
-
-@pytest.mark.slow
-def test_a_killed_worker_s_cell_is_run_again_once_its_claim_expires(twelve_cells, tmp_path):
-    """The first worker claims as a lost node would (its process cannot be looked up from another host) and is
-    SIGKILLed in the middle of its first cell; a second worker waits out the claim's expiry, runs the cell, and the
-    table equals an uninterrupted sweep's."""
-    expiry = "6"
-    out = tmp_path / "out"
-    command = [str(BIN / "kvbench"), "sweep", str(twelve_cells), "--out", str(out), "--claim-expiry", expiry]
-    first = subprocess.Popen(
-        command,
-        env={**ENV, "KVBENCH_HOST": "lost-node"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while not list(out.glob(f"*/{claims.CLAIM}")) and time.time() < deadline:
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)  # its claim is still there: no results yet (the model was loading)
-    first.wait()
-    [claimed] = [p.parent for p in out.glob(f"*/{claims.CLAIM}")]
-    assert not (claimed / claims.RESULTS).exists()
-    killed_at = time.time()
-
-    second = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    records = claims.attempts(claimed)
-    assert [r["event"] for r in records] == ["start", "expired", "start", "done"]
-    assert records[1]["host"] == "lost-node" and records[2]["time"] >= killed_at + float(expiry) - 1.5
-    assert all(events(folder) == ["start", "done"] for folder in cell_folders(out) if folder != claimed)
-
-    uninterrupted = tmp_path / "uninterrupted"
-    assert (
-        subprocess.run(
-            [str(BIN / "kvbench"), "sweep", str(twelve_cells), "--out", str(uninterrupted)],
-            env=ENV,
-            capture_output=True,
-        ).returncode
-        == 0
-    )
-    assert board_json(out) == board_json(uninterrupted)
-
-
-@pytest.mark.slow
-def test_the_local_executor_runs_a_sweep_to_completion(twelve_cells, tmp_path):
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [str(BIN / "kvbench"), "sweep", str(twelve_cells), "--out", str(out), "--executor", "local", "--workers", "2"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "2 local worker(s) started (no GPU)" in done.stdout
-    assert f"{out}: 12 cells: 12 done, 0 running, 0 failed, 0 pending" in done.stdout
-    assert all(events(folder) == ["start", "done"] for folder in cell_folders(out))
-    assert len(list((out / ".submitit").glob("*_0_log.out"))) == 2  # submitit's own job files, one per worker
