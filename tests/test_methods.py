@@ -250,6 +250,7 @@ def conformance_params(tmp_path) -> dict[str, list[dict]]:
         "l2norm": [{**score, "kv_bits": 4}],
         "h2o": [score, {"budget": 40, "recent": 8, "obs_window": 8}],
         "random": [{**score, "schedule": s} for s in ("postfill", "chunked")],
+        "keydiff": [{**score, "schedule": s} for s in ("postfill", "chunked")],
     }
 
 
@@ -263,7 +264,7 @@ def test_every_builtin_method_is_listed_and_passes_the_kit(tmp_path):
             assert not any(r.failed for r in results), f"{name} {setting}\n{format_report(results)}"
 
 
-@pytest.mark.parametrize("name", ["snapkv", "pyramidkv", "l2norm", "h2o", "tova", "random"])
+@pytest.mark.parametrize("name", ["snapkv", "pyramidkv", "l2norm", "h2o", "tova", "random", "keydiff"])
 def test_score_methods_conform_under_the_patched_schedule(name):
     # "keeps everything = full attention" compares peak bytes and entries too: the scoring-only tail is not held.
     results = run_checks(name, {"schedule": "patched"})

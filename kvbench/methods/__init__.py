@@ -4,6 +4,7 @@ from kvbench.hooks import hookimpl
 from kvbench.methods.duoattention import DuoAttention
 from kvbench.methods.full import Full
 from kvbench.methods.h2o import H2O
+from kvbench.methods.keydiff import KeyDiff
 from kvbench.methods.l2norm import L2Norm
 from kvbench.methods.prulong import PruLong
 from kvbench.methods.pyramidkv import PyramidKV
@@ -11,7 +12,7 @@ from kvbench.methods.random_eviction import RandomEviction
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
 
-BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O, RandomEviction]
+BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O, RandomEviction, KeyDiff]
 
 
 @hookimpl
