@@ -5,7 +5,8 @@
   evicts, the area under it shaded (its area is the footprint), its peak marked.
 - `threshold_table`: the critical footprint of every method at several thresholds (85%, 90%, 95% of full
   attention's score) and its rank at each, so that ranking changes stand out.
-- `chunks_figure`: the critical footprint against the prefill chunk size, per method and category.
+- `chunks_figure`: the critical footprint against the prefill chunk size, per method and category, each point on
+  its bootstrap interval (where the runs carry per-sample results).
 - `memory_figure`: what was measured (peak physical bytes, tokens per second) against the idealised footprint and
   peak, per setting and task, with their correlation.
 """
@@ -13,9 +14,12 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 from kvbench import scoring
+from kvbench.statistics import DEFAULT_REPLICATES, DEFAULT_SEED, Interval
 
 # ---- KV held over time ----
 
@@ -189,15 +193,29 @@ def threshold_markdown(rows: list[dict], thresholds: list[float], statistics: di
 # ---- chunk sizes ----
 
 
-def chunk_curves(runs, threshold: float) -> dict:
-    """{(model, context length, category): {method: [(chunk size, Critical), ...]}} from runs at several chunk sizes."""
+@dataclass(frozen=True)
+class ChunkPoint:
+    """One method's critical footprint at one chunk size, its interval (None without per-sample results) and the
+    footprints it tried there (where an open end of the interval stops on the figure)."""
+
+    chunk: int
+    critical: scoring.Critical
+    interval: Interval | None
+    tried: tuple[float, float]
+
+
+def chunk_curves(runs, threshold: float, replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED) -> dict:
+    """{(model, context length, category): {method: [ChunkPoint, ...]}} from runs at several chunk sizes, ascending."""
     curves: dict = defaultdict(lambda: defaultdict(list))
-    for board in scoring.score_runs(runs, threshold, replicates=0):
+    for board in scoring.score_runs(runs, threshold, replicates=replicates, seed=seed):
         for category, cb in board.categories.items():
             for method, critical in cb.critical.items():
-                curves[(board.model, board.context_length, category)][method].append((board.chunk_size, critical))
+                tried = [p.footprint for p in cb.points if p.method == method]
+                point = ChunkPoint(board.chunk_size, critical, cb.interval.get(method), (min(tried), max(tried)))
+                curves[(board.model, board.context_length, category)][method].append(point)
     return {
-        key: {m: sorted(points, key=lambda p: p[0]) for m, points in methods.items()} for key, methods in curves.items()
+        key: {m: sorted(points, key=lambda p: p.chunk) for m, points in methods.items()}
+        for key, methods in curves.items()
     }
 
 
@@ -216,17 +234,18 @@ def chunks_figure(runs, threshold: float):
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 4.2), squeeze=False)
     for ax, ((model, length, category), methods) in zip(axes[0], sorted(curves.items()), strict=True):
         for method, points in methods.items():
-            ax.plot([c for c, _ in points], [100 * crit.value for _, crit in points], **style[method])
-            for chunk, crit in points:  # ">": never reached (drawn at its largest run), "<": at most this
-                if crit.mark:
+            ax.plot([p.chunk for p in points], [100 * p.critical.value for p in points], **style[method])
+            _interval_bars(ax, points, style[method]["color"])
+            for p in points:  # ">": never reached (drawn at its largest run), "<": at most this
+                if p.critical.mark:
                     ax.annotate(
-                        crit.mark,
-                        (chunk, 100 * crit.value),
+                        p.critical.mark,
+                        (p.chunk, 100 * p.critical.value),
                         textcoords="offset points",
                         xytext=(5, 2),
                         fontsize="small",
                     )
-        chunk_sizes = sorted({c for points in methods.values() for c, _ in points})
+        chunk_sizes = sorted({p.chunk for points in methods.values() for p in points})
         ax.set_xscale("log", base=2)
         ax.set_xticks(chunk_sizes, [str(c) for c in chunk_sizes])  # the sizes tried, written out, not as 2^k
         ax.minorticks_off()
@@ -241,12 +260,36 @@ def chunks_figure(runs, threshold: float):
             [],
             [],
             linestyle="none",
-            label="<: passed at its smallest run;  >: never reached (drawn at its largest run)",
+            label="<: passed at its smallest run;  >: never reached (drawn at its largest run);  bars: 95% "
+            "intervals (an open end stops at the footprint tried)",
         )
     )
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 5), 1, 1))
     return fig
+
+
+def _interval_bars(ax, points: list[ChunkPoint], color) -> None:
+    """Each point's interval as a vertical bar; an open end (past the footprints tried) stops at the footprint
+    tried there. A bar never reaches back past its point (a percentile interval need not contain it)."""
+    shown = [p for p in points if p.interval is not None]
+    if not shown:
+        return
+    lows = [p.tried[0] if math.isinf(p.interval.low) else p.interval.low for p in shown]
+    highs = [p.tried[1] if math.isinf(p.interval.high) else p.interval.high for p in shown]
+    ax.errorbar(
+        [p.chunk for p in shown],
+        [100 * p.critical.value for p in shown],
+        yerr=[
+            [max(100 * (p.critical.value - low), 0) for p, low in zip(shown, lows, strict=True)],
+            [max(100 * (high - p.critical.value), 0) for p, high in zip(shown, highs, strict=True)],
+        ],
+        fmt="none",
+        ecolor=color,
+        elinewidth=0.8,
+        capsize=2,
+        alpha=0.6,
+    )
 
 
 # ---- measured memory and speed against the idealised footprint ----

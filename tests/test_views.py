@@ -43,17 +43,21 @@ def test_the_ranking_flips_between_85_and_95_percent(tmp_path, capsys):
 def test_the_chunk_size_view(tmp_path):
     curves(tmp_path / "sweep", chunk=128)
     out = tmp_path / "sweep"
-    sweep_cell(out, "full", {}, "t", "recall", 1.0, 1.0, chunk=512)
+    sweep_cell(out, "full", {}, "t", "recall", 1.0, 1.0, chunk=512, samples=20)
     for footprint, score in ((0.2, 0.5), (0.5, 1.0)):  # at chunks of 512 snapkv needs 0.2 + 0.3 x 0.4 / 0.5 = 44%
-        sweep_cell(out, "snapkv", {"keep": footprint}, "t", "recall", score, footprint, "keep", chunk=512)
+        sweep_cell(out, "snapkv", {"keep": footprint}, "t", "recall", score, footprint, "keep", chunk=512, samples=20)
     [(key, methods)] = views.chunk_curves(scoring.load_runs([out]), 0.9).items()
     assert key == ("m", 1024, "recall")
-    assert [(chunk, str(c)) for chunk, c in methods["snapkv"]] == [(128, "29%"), (512, "44%")]
-    assert [(chunk, str(c)) for chunk, c in methods["l2norm"]] == [(128, "<30%")]
+    assert [(p.chunk, str(p.critical)) for p in methods["snapkv"]] == [(128, "29%"), (512, "44%")]
+    assert [(p.chunk, str(p.critical)) for p in methods["l2norm"]] == [(128, "<30%")]
+    assert all(p.interval is not None for p in methods["snapkv"])  # per-sample rows: every point has its interval
+    assert methods["l2norm"][0].tried == (0.3, 0.6)  # where its open lower end stops on the figure
     fig = views.chunks_figure(scoring.load_runs([out]), 0.9)
     [ax] = fig.axes
     snapkv = next(line for line in ax.get_lines() if list(line.get_xdata()) == [128, 512])
     assert list(snapkv.get_ydata()) == pytest.approx([20 + 30 * 0.04 / 0.14, 44.0])
+    bars = [c for c in ax.collections if len(c.get_segments()) == 2]  # snapkv's two points, each on its bar
+    assert bars and all(seg[0][0] == seg[1][0] for seg in bars[0].get_segments())  # vertical: footprint axis
     assert ax.get_xscale() == "log"
 
 
