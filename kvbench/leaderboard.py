@@ -423,8 +423,7 @@ def _criticals(ax, cb, style) -> None:
         if interval is None or not tried:
             continue
         y = 0.03 + 0.035 * row
-        low = min(tried) if np.isinf(interval.low) else 100 * interval.low
-        high = max(tried) if np.isinf(interval.high) else 100 * interval.high
+        low, high = (100 * end for end in interval.on_axis(min(tried) / 100, max(tried) / 100))
         look = {k: v for k, v in style[label].items() if k in ("color", "marker", "markerfacecolor", "markeredgewidth")}
         ax.plot(
             [low, high],
@@ -436,8 +435,8 @@ def _criticals(ax, cb, style) -> None:
             solid_capstyle="butt",
             label="_interval",
         )
-        for end, value, arrow in ((interval.low, low, "<"), (interval.high, high, ">")):
-            if np.isinf(end):  # an open end: it goes on past the footprint tried
+        for is_open, value, arrow in ((np.isneginf(interval.low), low, "<"), (np.isposinf(interval.high), high, ">")):
+            if is_open:  # an open end: it goes on past the footprint tried
                 ax.plot(
                     [value],
                     [y],

@@ -165,6 +165,15 @@ class Interval:
     def open_high(self) -> float | None:
         return None if np.isinf(self.high) else self.high
 
+    def on_axis(self, smallest: float, largest: float) -> tuple[float, float]:
+        """The ends where a figure draws them: an open end stops at the footprint tried that it names (-inf at the
+        smallest, +inf at the largest), so "<31" (both ends -inf) is the point 31, not the whole range tried."""
+
+        def end(value: float) -> float:
+            return smallest if np.isneginf(value) else largest if np.isposinf(value) else value
+
+        return end(self.low), end(self.high)
+
     def text(self, smallest: float, largest: float, scale: float = 100, digits: int = 0) -> str:
         """ "38–51", "<31–40", "66–>72"; one figure when both ends agree ("<31", ">72"). `smallest`/`largest`: the
         footprints tried, which an open end names."""

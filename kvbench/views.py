@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -275,8 +274,7 @@ def _interval_bars(ax, points: list[ChunkPoint], color) -> None:
     shown = [p for p in points if p.interval is not None]
     if not shown:
         return
-    lows = [p.tried[0] if math.isinf(p.interval.low) else p.interval.low for p in shown]
-    highs = [p.tried[1] if math.isinf(p.interval.high) else p.interval.high for p in shown]
+    lows, highs = zip(*(p.interval.on_axis(*p.tried) for p in shown), strict=True)
     ax.errorbar(
         [p.chunk for p in shown],
         [100 * p.critical.value for p in shown],

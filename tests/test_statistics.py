@@ -192,3 +192,12 @@ def test_censored_cells_order_by_what_they_are_known_to_be():
     # "<31%" and a crossing at 25%: not ordered (the first may lie anywhere below 31%)
     early = replicate_crossings([0.25] * 100)
     assert statistics.ahead_probability(below, early) == statistics.ahead_probability(early, below) == 0.0
+
+
+def test_an_open_end_is_drawn_at_the_footprint_it_names():
+    inf = np.inf
+    assert statistics.Interval(-inf, -inf, 0.95).on_axis(0.31, 0.72) == (0.31, 0.31)  # "<31": the point 31
+    assert statistics.Interval(inf, inf, 0.95).on_axis(0.31, 0.72) == (0.72, 0.72)  # ">72"
+    assert statistics.Interval(-inf, 0.4, 0.95).on_axis(0.31, 0.72) == (0.31, 0.4)
+    assert statistics.Interval(0.38, inf, 0.95).on_axis(0.31, 0.72) == (0.38, 0.72)
+    assert statistics.Interval(0.38, 0.51, 0.95).on_axis(0.31, 0.72) == (0.38, 0.51)

@@ -111,3 +111,19 @@ def test_the_trace_figure_draws_each_runs_kv_held_its_area_and_its_peak(tmp_path
     assert len(ax.collections) == 2  # the shaded areas
     with pytest.raises(ValueError, match="trace=true"):
         views.traces([tmp_path / "runs"], task="nothing")
+
+
+def test_the_leaderboard_figure_draws_a_below_the_grid_interval_as_a_point_with_one_arrow(tmp_path):
+    """l2norm passes at its smallest run (30%) in every replicate: "<30% [<30]". Its strip at the foot of the panel
+    is the point 30 with a "<" mark, not a bar across every footprint it tried."""
+    from kvbench import leaderboard
+
+    curves(tmp_path / "sweep")
+    fig = leaderboard.figure(scoring.score_runs(scoring.load_runs([tmp_path / "sweep"])), 0.9)
+    [ax] = [a for a in fig.axes if a.get_lines()]
+    strips = [line for line in ax.get_lines() if line.get_label() == "_interval"]
+    snapkv = 20 + 30 * 0.04 / 0.14  # a crossing every replicate agrees on: a zero-width interval
+    [first, second] = sorted(list(line.get_xdata()) for line in strips)
+    assert first == pytest.approx([snapkv] * 2, abs=1e-3) and second == pytest.approx([30, 30])
+    arrows = [line.get_marker() for line in ax.get_lines() if line.get_label() == "_open"]
+    assert arrows == ["$<$"]
