@@ -181,7 +181,7 @@ def test_unknown_method_lists_the_known_ones():
     with pytest.raises(
         ValueError,
         match=r"unknown method 'snapkvv'; known methods: duoattention, full, h2o, "
-        r"l2norm, prulong, pyramidkv, random, snapkv, streamingllm, tova",
+        r"keydiff, l2norm, prulong, pyramidkv, random, snapkv, streamingllm, tova",
     ):
         kvbench.load_method("snapkvv")
 
