@@ -5,35 +5,17 @@ tests beside the rest of tests/test_claims.py."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from test_claims import BIN, ENV, cell_folders, events  # one definition of how workers are started and read
 
 from kvbench import claims, leaderboard, scoring
 from kvbench.sweep import cells, load_config
-
-BIN = Path(sys.executable).parent
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
-
-def events(folder: Path) -> list[str]:
-    return [record["event"] for record in claims.attempts(folder)]
-
-
-def cell_folders(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def grid(path: Path, window_values: list[int]) -> Path:
