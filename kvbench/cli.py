@@ -49,10 +49,15 @@ def _methods(args) -> int:
                 "category": cls.category,
                 "source": entry.source,
                 "knob": cls.knob,
+                "schedules": list(cls.schedules),
                 "parameters": _effective_defaults(cls),
                 "description": cls.description,
             }
         )
+        extra = getattr(cls, "extra_params", None)  # a wrapper: the wrapped scorer's parameters come flat
+        if extra:
+            rows[-1]["parameters"].pop(extra, None)
+            rows[-1]["wraps"] = "the scorer's own parameters too"
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -60,7 +65,9 @@ def _methods(args) -> int:
     for row in rows:  # a block per method: nothing is cut, at any width
         print(f"{row['name']}  [{row['category']}; from {row['source']}]")
         params = ", ".join(f"{k}={v}" + ("*" if k == row["knob"] else "") for k, v in row["parameters"].items())
-        for text in (row["description"], f"parameters: {params or '-'}"):
+        params += f"; {row['wraps']}" if "wraps" in row else ""
+        schedules = ", ".join(row["schedules"]) or "- (evicts by its own rule)"
+        for text in (row["description"], f"parameters: {params or '-'}", f"schedules: {schedules}"):
             print(textwrap.fill(text, width, initial_indent="    ", subsequent_indent="      "))
     print("* the knob a sweep varies")
     return 0

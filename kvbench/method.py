@@ -30,6 +30,11 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     max_positions: int | None = None
+    # RoPE's inverse frequencies, one per rotated pair of dimensions (rotate-half layout: dimension i turns with
+    # i + len/2, and dimensions past 2 x len are not rotated); None where the model has no single fixed set (no
+    # RoPE, one per layer type, or frequencies that change with the sequence length). A method that must undo or
+    # predict the rotation (expected_attention) reads them here.
+    rope_inv_freq: tuple[float, ...] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
@@ -40,7 +45,30 @@ class ModelShape:
             num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
             max_positions=getattr(config, "max_position_embeddings", None),
+            rope_inv_freq=cls.rope_frequencies(config),
         )
+
+    @staticmethod
+    def rope_frequencies(config) -> tuple[float, ...] | None:
+        """The inverse frequencies transformers' rotary embedding computes for `config` (its own initialisation for
+        scaled variants: linear, llama3, yarn, ...), or None where there is no single fixed set."""
+        parameters = getattr(config, "rope_parameters", None)
+        if not isinstance(parameters, dict) or "rope_theta" not in parameters:  # no RoPE, or one per layer type
+            return None
+        rope_type = parameters.get("rope_type", "default")
+        if "dynamic" in rope_type or rope_type == "longrope":  # recomputed from the sequence length as it runs
+            return None
+        if rope_type == "default":  # each model's own default, the same arithmetic in all of them
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            dim = int(head_dim * parameters.get("partial_rotary_factor", 1.0))
+            exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+            return tuple((1.0 / (parameters["rope_theta"] ** exponents)).tolist())
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        if rope_type not in ROPE_INIT_FUNCTIONS:
+            return None
+        inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](config)
+        return tuple(inv_freq.float().tolist())
 
 
 @dataclass(frozen=True)
@@ -161,6 +189,8 @@ class Method:
     knob_increases: ClassVar[bool] = True
     knob_values: ClassVar[tuple] = ()
     keeps_everything: ClassVar[dict] = {}
+    # The values its `schedule` parameter takes (when it evicts during prefill); () for a method with no such choice.
+    schedules: ClassVar[tuple[str, ...]] = ()
 
     # Shared by every method: KV storage at the model's dtype (16), 8 or 4 bits; the footprint
     # counts bytes, so quantization and eviction combine on one axis.
@@ -183,6 +213,19 @@ class Method:
     def select(self, view: KeepView) -> torch.Tensor | None:
         """After attention at a step: the held entries each head keeps, [h, k] ascending; None keeps all."""
         return None
+
+    def select_layer(self, views: list[KeepView]) -> list[torch.Tensor | None]:
+        """After attention at a step: what each head group of one layer keeps, one select() answer per view (in the
+        layer's group order). The default asks select() group by group; a method whose budget is shared by the
+        layer's heads (Ada-KV's per-head budgets, with one group per KV head) decides for all of them at once here."""
+        return [self.select(view) for view in views]
+
+    def finish_step(self, phase: Phase) -> dict[int, list[torch.Tensor | None]]:
+        """Once every layer has attended at a step: decisions made across layers (budgets shared by the layers, as
+        CAKE's), {layer: one answer per head group, as select_layer gives}, the indices counting what each group
+        holds after its select_layer() decision. {} (the default) decides nothing here. The layers decided here hold
+        all their entries until the step ends, which the measured peak counts."""
+        return {}
 
     def scoring_tokens(self) -> int:
         """How many of the prompt's last tokens to append to every non-last prefill chunk, to score
@@ -228,6 +271,7 @@ class ScoreMethod(Method):
     schedule: str = "chunked"
 
     category = "score"  # the family (score, then keep the top k); `schedule` says when it evicts
+    schedules = SCHEDULES
     knob = "keep"
     knob_values = (0.1, 0.3, 0.5, 0.7, 0.9)
     keeps_everything = {"keep": 1.0}
@@ -285,6 +329,16 @@ class ScoreMethod(Method):
         raise NotImplementedError
 
     def select(self, view: KeepView) -> torch.Tensor | None:
+        plan = self.eviction_plan(view)
+        if plan is None:
+            return None
+        candidates, k = plan
+        view.candidates = candidates
+        return view.top_k(self.checked_scores(view), k, candidates, recent=self.recent)
+
+    def eviction_plan(self, view: KeepView) -> tuple[range, int] | None:
+        """(the held entries competing at this step, how many of them to keep by score beyond the recent window), or
+        None when the step evicts nothing."""
         if not self.evicts_now(view):
             return None
         end = view.num_held - view.num_scoring  # the scoring tail is kept here; the cache drops it
@@ -299,8 +353,10 @@ class ScoreMethod(Method):
             if k + self.recent >= new:  # nothing to evict (before any per-layer redistribution)
                 return None
             candidates = range(end - new, end)
-        k = self.layer_budget(view.layer, k, len(candidates))
-        view.candidates = candidates
+        return candidates, self.layer_budget(view.layer, k, len(candidates))
+
+    def checked_scores(self, view: KeepView) -> torch.Tensor:
+        """score(view), refused unless it is one score per KV head and held entry (`view.candidates` set)."""
         scores = self.score(view)
         expected = (len(view.heads), view.num_held)
         if tuple(scores.shape) != expected:  # a misaligned score would keep the wrong entries, silently
@@ -309,7 +365,7 @@ class ScoreMethod(Method):
                 f"[heads, held] = {list(expected)} (a patched schedule's scoring tail included); "
                 f"got {list(scores.shape)}"
             )
-        return view.top_k(scores, k, candidates, recent=self.recent)
+        return scores
 
     def evicts_now(self, view: KeepView) -> bool:
         """Whether this step evicts: every prefill chunk (post-fill: the last), and a decode step when the method

@@ -154,7 +154,12 @@ def coerce_params(cls: type[Method], params: dict) -> dict:
     fields = {field.name: field for field in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     converted = {}
+    # A wrapper (adakv, chunkkv) collects the parameters that are not its own for the method it wraps, which checks them.
+    extra = getattr(cls, "extra_params", None)
     for key, value in params.items():
+        if extra is not None and key not in fields:
+            converted.setdefault(extra, {})[key] = value
+            continue
         if key not in fields:
             raise ValueError(
                 f"method {cls.name!r} has no parameter {key!r}; its parameters: {describe_parameters(cls) or 'none'}"

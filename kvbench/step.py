@@ -12,11 +12,13 @@ are read once, in `finish` (an index outside what is held is clamped for the gat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from kvbench import attention
 from kvbench.cache import HeadGroup, KVCache
-from kvbench.method import KeepView, Phase
+from kvbench.method import KeepView, Method, Phase
 from kvbench.quant import bytes_per_entry
 
 
@@ -62,7 +64,8 @@ class Step:
         new = key.shape[2] - self.scoring
         head_dim, dtype = key.shape[-1], key.dtype
         self.entry_bytes = bytes_per_entry(head_dim, dtype, method.kv_bits)
-        weight = self.entry_bytes / bytes_per_entry(head_dim, dtype, 16)  # the footprint counts bytes
+        self.bytes16 = bytes_per_entry(head_dim, dtype, 16)  # an entry read back at the model's dtype
+        weight = self.entry_bytes / self.bytes16  # the footprint counts bytes
         bytes_before, held_before = sum(g.nbytes for g in layer.groups), layer.num_held
         for group in layer.groups:
             ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=weight)
@@ -92,28 +95,28 @@ class Step:
         return attention.attend(query, keys, values, scaling, self.kernel)
 
     def _evict(self, layer_idx: int, queries, scaling: float) -> None:
-        """After attention at `layer_idx`: ask the method what each group keeps, and free the rest."""
+        """After attention at `layer_idx`: ask the method what each group keeps (all the layer's groups in one call,
+        so that a budget shared by the layer's heads can be split among them), and free the rest."""
         layer, method, ledger = self.cache.layers[layer_idx], self.cache.method, self.cache.ledger
-        per_head = self.cache.shape.num_query_heads // self.cache.shape.num_kv_heads
-        for group_index, group in enumerate(layer.groups):
-            group_queries = queries[0, group.query_heads] if len(layer.groups) > 1 else queries[0]
-            view = KeepView(
-                layer=layer_idx,
-                group=group_index,
-                heads=group.heads,
-                phase=self.phase,
-                positions=group.positions,
-                keys=group.keys[0],
-                values=group.values[0],
-                queries=group_queries.unflatten(0, (len(group.heads), per_head)),
-                num_new=self.positions.shape[0] - self.scoring,
-                num_scoring=self.scoring,
-                scaling=scaling,
+        views = _LayerViews(self, layer_idx, queries, scaling)
+        if type(method).select_layer is not Method.select_layer and any(g.kv_bits != 16 for g in layer.groups):
+            # A method deciding for the whole layer at once reads every group through its dequantized copy together.
+            ledger.record_transient(self.physical + sum(g.num_held * len(g.heads) for g in layer.groups) * self.bytes16)
+        answers = method.select_layer(views)
+        if not isinstance(answers, (list, tuple)) or len(answers) != len(views):
+            raise ValueError(
+                f"{self._where(layer_idx, 0)}: select_layer() must return one answer per head group "
+                f"({len(views)}); got {answers!r:.80}"
             )
-            index = method.select(view)
+        self._apply(layer_idx, answers, self.scoring)
+
+    def _apply(self, layer_idx: int, answers, scoring: int) -> None:
+        """Keep what the method chose in each group of the layer (the scoring tail, if any, dropped) and free the rest."""
+        layer, ledger = self.cache.layers[layer_idx], self.cache.ledger
+        for group_index, (group, index) in enumerate(zip(layer.groups, answers)):
             if index is not None:
                 index = self._checked(index, group, layer_idx, group_index)
-            if self.scoring:
+            if scoring:
                 index = self._without_scoring_tail(index, group, layer_idx, group_index)
             if index is None:
                 continue
@@ -122,7 +125,7 @@ class Step:
             # The kept entries were gathered into new tensors while the old ones were still alive.
             ledger.record_transient(self.physical + group.nbytes)
             self.physical += group.nbytes - bytes_before
-            tail = self.scoring * len(group.heads)  # dropped here, never recorded as held (see _append)
+            tail = scoring * len(group.heads)  # dropped here, never recorded as held (see _append)
             ledger.record_memory(
                 group.nbytes - bytes_before + tail * self.entry_bytes,
                 (group.num_held - held_before) * len(group.heads) + tail,
@@ -180,7 +183,17 @@ class Step:
         return index[:, :-scoring]
 
     def finish(self) -> None:
-        """End the step: the ledger closes it, and the step's decisions are checked (one read from the device)."""
+        """End the step: the decisions a method makes across layers are applied, the ledger closes the step, and the
+        step's decisions are checked (one read from the device)."""
+        decided = self.cache.method.finish_step(self.phase)
+        for layer_idx, answers in sorted(decided.items()):
+            groups = self.cache.layers[layer_idx].groups
+            if not isinstance(answers, (list, tuple)) or len(answers) != len(groups):
+                raise ValueError(
+                    f"{self._where(layer_idx, 0)}: finish_step() must give one answer per head group ({len(groups)}) "
+                    f"of each layer it decides; got {answers!r:.80}"
+                )
+            self._apply(layer_idx, answers, scoring=0)  # a scoring tail went at the layer's own eviction
         self.cache.ledger.end_step()
         if self._verdicts:
             device = self._verdicts[0][0].device  # layers split over GPUs: their verdicts meet on one device
@@ -189,6 +202,37 @@ class Step:
             self._verdicts = []
             if failed is not None:
                 raise ValueError(failed())
+
+
+class _LayerViews(Sequence[KeepView]):
+    """The KeepViews of one layer's head groups, each made when it is read: the default select_layer() asks group
+    by group, so a quantized group's dequantized copy is alive only while its own decision is made."""
+
+    def __init__(self, step: Step, layer_idx: int, queries, scaling: float):
+        self.step, self.layer_idx, self.queries, self.scaling = step, layer_idx, queries, scaling
+        self.groups = step.cache.layers[layer_idx].groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, group_index):
+        if isinstance(group_index, slice):
+            return [self[i] for i in range(len(self))[group_index]]
+        group, shape = self.groups[group_index], self.step.cache.shape
+        group_queries = self.queries[0, group.query_heads] if len(self.groups) > 1 else self.queries[0]
+        return KeepView(
+            layer=self.layer_idx,
+            group=range(len(self))[group_index],
+            heads=group.heads,
+            phase=self.step.phase,
+            positions=group.positions,
+            keys=group.keys[0],
+            values=group.values[0],
+            queries=group_queries.unflatten(0, (len(group.heads), shape.num_query_heads // shape.num_kv_heads)),
+            num_new=self.step.positions.shape[0] - self.step.scoring,
+            num_scoring=self.step.scoring,
+            scaling=self.scaling,
+        )
 
 
 def _head_index(heads: list[int], states: torch.Tensor) -> slice | torch.Tensor:

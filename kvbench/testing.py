@@ -205,14 +205,15 @@ def _phases(cls, params, models) -> str:
 
 def _record_phases(method: Method) -> set[str]:
     seen: set[str] = set()
-    decide = method.select
+    decide = method.select_layer  # the step asks each layer through select_layer (by default: select per group)
 
-    def select(view):
-        phase = view.phase
-        seen.add("decode" if phase.is_decode else "last chunk" if phase.is_last_chunk else "chunk")
-        return decide(view)
+    def select_layer(views):
+        for view in views:
+            phase = view.phase
+            seen.add("decode" if phase.is_decode else "last chunk" if phase.is_last_chunk else "chunk")
+        return decide(views)
 
-    method.select = select
+    method.select_layer = select_layer
     return seen
 
 
@@ -276,12 +277,12 @@ def _deterministic(cls, params, models) -> str:
 def _record_selections(method: Method) -> list:
     """Every decision of `method` in order: the indices each head kept, or None."""
     decisions: list = []
-    decide = method.select
+    decide = method.select_layer
 
-    def select(view):
-        index = decide(view)
-        decisions.append(None if index is None else index.tolist())
-        return index
+    def select_layer(views):
+        answers = decide(views)
+        decisions.extend(None if index is None else index.tolist() for index in answers)
+        return answers
 
-    method.select = select
+    method.select_layer = select_layer
     return decisions
