@@ -251,6 +251,14 @@ def conformance_params(tmp_path) -> dict[str, list[dict]]:
         "h2o": [score, {"budget": 40, "recent": 8, "obs_window": 8}],
         "random": [{**score, "schedule": s} for s in ("postfill", "chunked")],
         "keydiff": [{**score, "schedule": s} for s in ("postfill", "chunked")],
+        "lagkv": [{**score, "lag_size": 8, "schedule": s} for s in ("postfill", "chunked", "patched")],
+        "simlayerkv": [
+            {"n_recent": 80, "lazy_threshold": 0.5},
+            {"n_recent": 380, "lazy_threshold": 0.5, "schedule": "postfill"},
+        ],
+        "expected_attention": [{**score, "schedule": s} for s in ("postfill", "chunked", "patched")],
+        "adakv": [{**score, "schedule": s} for s in ("postfill", "chunked", "patched")],
+        "chunkkv": [{**score, "chunk_length": 4, "scorer": "expected_attention", "schedule": "chunked"}],
     }
 
 
