@@ -8,6 +8,13 @@ each stdin line is a JSON request, each answer one JSON line on stdout.
   {"op": "run", "case": "full|snapkv|adakv|duo", "ids": FILE.pt, "new_tokens": 32, "memory": bool,
    "kept_out": FILE.pt|null, "compression_ratio": 0.75, "duo": {"gates": FILE, "share": 0.5, "sink": 64, "recent": 256}}
 
+For benchmarks/kvpress_agreement.py, more cases, each press built with the request's "params" (its constructor's
+keyword arguments, the defaults otherwise): "keydiff", "lagkv", "expected_attention", "simlayerkv", and the wrapped
+"adakv" / "chunkkv" (their scorer SnapKVPress, window "window", kernel "kernel"; "params" are the wrapper's, e.g.
+alpha_safeguard, chunk_length). "masks_out": FILE.pt saves, per layer, the (head, position) pairs a per-head press
+(AdaKVPress) masks after the prompt. A simlayerkv answer carries "layer_compression_ratios" (> 0: the layer was found
+lazy) and "layer_shares" (the attention share its is_lazy compared with the threshold, per layer).
+
 A run prefills the prompt under the press (as kvpress's pipeline does: the press is active for the
 prefill only) and decodes greedily with the true position ids. With "memory", forward hooks measure
 the physical cache bytes after every layer's append, before the press compresses it: the peak.
@@ -21,7 +28,16 @@ import time
 
 import kvpress
 import torch
-from kvpress import AdaKVPress, DuoAttentionPress, SnapKVPress
+from kvpress import (
+    AdaKVPress,
+    ChunkKVPress,
+    DuoAttentionPress,
+    ExpectedAttentionPress,
+    KeyDiffPress,
+    LagKVPress,
+    SimLayerKVPress,
+    SnapKVPress,
+)
 from kvpress.presses import duo_attention_press
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -38,17 +54,48 @@ def cache_bytes(cache) -> int:
     return total
 
 
+class RecordingSimLayerKVPress(SimLayerKVPress):
+    """SimLayerKVPress whose decisions are its own (is_lazy is the press's), recording for the report the share each
+    layer's is_lazy compared with the threshold (its arithmetic restated: the mean attention of the last n_last
+    queries over the first n_initial and the last n_recent of the keys before them)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.shares = {}
+
+    def is_lazy(self, module, hidden_states, keys, position_embeddings):
+        weights = SnapKVPress.compute_window_attention(module, hidden_states, keys, self.n_last, position_embeddings)
+        weights = weights.mean((0, 1, 2))
+        self.shares[module.layer_idx] = float(weights[: self.n_initial].sum() + weights[-self.n_recent :].sum())
+        return super().is_lazy(module, hidden_states, keys, position_embeddings)
+
+
 def make_press(request):
     case = request["case"]
     ratio = request.get("compression_ratio", 0.75)
+    params = request.get("params", {})
     if case == "full":
         return None
-    if case == "snapkv":
+
+    def snapkv():
         return SnapKVPress(
             compression_ratio=ratio, window_size=request.get("window", 64), kernel_size=request.get("kernel", 5)
         )
+
+    if case == "snapkv":
+        return snapkv()
     if case == "adakv":
-        return AdaKVPress(SnapKVPress(compression_ratio=ratio))
+        return AdaKVPress(snapkv(), **params)
+    if case == "chunkkv":
+        return ChunkKVPress(snapkv(), **params)
+    if case == "keydiff":
+        return KeyDiffPress(compression_ratio=ratio, **params)
+    if case == "lagkv":
+        return LagKVPress(compression_ratio=ratio, **params)
+    if case == "expected_attention":
+        return ExpectedAttentionPress(compression_ratio=ratio, **params)
+    if case == "simlayerkv":
+        return RecordingSimLayerKVPress(**params)
     if case == "duo":
         duo = request["duo"]
         # DuoAttentionPress downloads the released pattern for known checkpoints; offline, we seed its pattern
@@ -89,6 +136,8 @@ def run(request) -> dict:
                 out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=cache, position_ids=position)
                 tokens.append(int(out.logits[0, -1].argmax()))
             done = time.perf_counter()
+        if request.get("masks_out"):  # before the masks are cleared below
+            torch.save([_mask_pairs(layer.self_attn) for layer in model.model.layers], request["masks_out"])
     finally:
         for hook in hooks:
             hook.remove()
@@ -96,7 +145,11 @@ def run(request) -> dict:
             layer.self_attn.masked_key_indices = None
     if request.get("kept_out"):
         torch.save([(layer.keys[0].clone()) for layer in cache.layers], request["kept_out"])
+    extra = {}
+    if isinstance(press, RecordingSimLayerKVPress):
+        extra = {"layer_compression_ratios": list(press.compression_ratios), "layer_shares": press.shares}
     return {
+        **extra,
         "case": request["case"],
         "prefill_s": prefilled - start,
         "total_s": done - start,
@@ -112,6 +165,16 @@ def _masked(attention) -> int:
     """Entries a per-head press masks (kept in memory, hidden from attention by a fake key)."""
     indices = getattr(attention, "masked_key_indices", None)
     return 0 if indices is None else int(indices[0].numel())
+
+
+def _mask_pairs(attention) -> torch.Tensor:
+    """[m, 2]: the (KV head, position) pairs a per-head press masks in this layer (batch 0); empty if none."""
+    indices = getattr(attention, "masked_key_indices", None)
+    if indices is None:
+        return torch.zeros(0, 2, dtype=torch.long)
+    batch, head, position = indices
+    keep = batch == 0
+    return torch.stack([head[keep], position[keep]], dim=1).cpu()
 
 
 class _nothing:
