@@ -64,12 +64,12 @@ def test_nothing_is_evicted_when_the_budget_holds_everything():
     assert method.select_layer([one_head_view(0, 6), one_head_view(1, 6)]) == [None, None]
 
 
-def prefilled(model, method, length: int) -> KVCache:
+def prefilled(model, method, length: int, prompt: torch.Tensor | None = None) -> KVCache:
     shape = ModelShape.from_config(model.config)
     method.bind(shape)
     cache = KVCache(shape, method)
     with kvbench_attention(model), torch.inference_mode():
-        prefill(model, cache, random_prompt(length), length)
+        prefill(model, cache, random_prompt(length) if prompt is None else prompt, length)
     return cache
 
 
@@ -134,3 +134,59 @@ def test_conforms(schedule):
     from kvbench.testing import assert_conforms
 
     assert_conforms("adakv", {"schedule": schedule})
+
+
+def planted_needle_model():
+    """One layer, two KV heads (one query head each) with weights set by hand: head 0's queries look for the needle
+    token (its key grows with the needle's feature), head 1's queries are zero, so it attends evenly to everything.
+    The signal sits on the slowest RoPE pair, which barely turns over a few hundred positions."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=16,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        attention_bias=True,
+        rope_theta=1e9,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    attention = model.model.layers[0].self_attn
+    with torch.no_grad():
+        embeddings = 0.1 * torch.randn(16, 16)  # every token distinct
+        embeddings[NEEDLE, 0] = 3.0  # the needle's feature
+        model.model.embed_tokens.weight.copy_(embeddings)
+        for projection in (attention.q_proj, attention.k_proj):
+            projection.weight.zero_()
+            projection.bias.zero_()
+        attention.q_proj.bias[3] = 4.0  # head 0 queries along dim 3 (the slowest RoPE pair with dim 7)
+        attention.k_proj.weight[3, 0] = 4.0  # head 0's key along dim 3 follows the needle feature
+        attention.k_proj.weight[8:, 1:] = 0.01 * torch.randn(8, 15)  # head 1: small keys, near-even attention
+    return model
+
+
+NEEDLE = 1
+
+
+def test_adakv_keeps_a_planted_needle_that_uniform_per_head_budgets_lose():
+    """At the same budget (12 per head: the recent 8 + 4 by score), snapkv's uniform split lets head 0 keep only 4 of
+    the 6 needle tokens it attends to; Ada-KV gives head 0 the budget head 1 (attending evenly) does not need."""
+    model = planted_needle_model()
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(2, 16, (400,), generator=generator)
+    needle = list(range(150, 156))
+    prompt[needle] = NEEDLE
+    settings = dict(budget=12, recent=8, obs_window=8, kernel=1, schedule="postfill")
+    uniform = prefilled(model, kvbench.load_method("snapkv", **settings), len(prompt), prompt)
+    adaptive = prefilled(model, kvbench.load_method("adakv", alpha_safeguard=0.2, **settings), len(prompt), prompt)
+    head_0_uniform = set(uniform.layers[0].groups[0].positions[0].tolist())
+    head_0_adaptive = set(adaptive.layers[0].groups[0].positions[0].tolist())
+    assert len(head_0_uniform & set(needle)) == 4  # a uniform share of 4 cannot hold the needle
+    assert set(needle) <= head_0_adaptive  # the whole needle, from head 1's share
+    assert adaptive.num_held == uniform.num_held  # the same total: only its split differs
