@@ -98,7 +98,7 @@ def generate(
     run = _Request(model, method, len(ids), options)
     ids = ids.to(run.device)
     with kvbench_attention(model), torch.inference_mode():
-        logits = prefill(model, run.cache, ids, chunk_size, run.kernel)
+        logits = prefill(model, run.cache, ids, chunk_size, run.kernel, tokenizer)
         return run.decode(model, run.cache, logits, prompt_tokens=len(ids), fed_steps=0)
 
 
@@ -135,7 +135,7 @@ def generate_many(
     context_ids = context_ids.to(run.device)
     results = []
     with kvbench_attention(model), torch.inference_mode():
-        prefill(model, run.cache, context_ids, run.chunk_size, run.kernel)
+        prefill(model, run.cache, context_ids, run.chunk_size, run.kernel, options.tokenizer)
         run.cache.ledger.share_prefix(len(context_ids), len(question_ids))
         for number, question in enumerate(question_ids, start=1):
             # Each question gets a copy of the kept context (and of the method's state); the last takes the
@@ -304,12 +304,18 @@ def score_continuation(
 
 
 def prefill(
-    model, cache: KVCache, ids: torch.Tensor, chunk_size: int, kernel: attention.Kernel | None = None
+    model,
+    cache: KVCache,
+    ids: torch.Tensor,
+    chunk_size: int,
+    kernel: attention.Kernel | None = None,
+    tokenizer=None,
 ) -> torch.Tensor:
     """Run the prompt through the cache in chunks; return the last position's logits.
 
     Under a patched schedule, every chunk but the last carries the prompt's last tokens, for the
-    method to score with; the cache drops their entries after the step.
+    method to score with; the cache drops their entries after the step. Then the method's extra inputs, if it has
+    any (`Method.extra_inputs`: KVzip's reconstruction), each in one forward at the positions after the prompt.
     """
     num_chunks = -(-len(ids) // chunk_size)
     scoring = min(cache.method.scoring_tokens(), len(ids))
@@ -321,6 +327,10 @@ def prefill(
         tokens = torch.cat([chunk, ids[len(ids) - tail :]]) if tail else chunk
         runs = [(start, len(chunk))] + ([(len(ids) - tail, tail)] if tail else [])
         logits = forward_step(model, cache, tokens, runs, Phase(False, index, num_chunks), scoring=tail, kernel=kernel)
+    extra = cache.method.extra_inputs(ids, tokenizer)
+    for index, tokens in enumerate(extra):
+        tokens = torch.as_tensor(tokens, dtype=torch.long).to(ids.device)
+        forward_step(model, cache, tokens, len(ids), Phase(False, index, len(extra), is_extra=True), kernel=kernel)
     return logits
 
 

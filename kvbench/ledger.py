@@ -26,6 +26,9 @@ class FootprintStats:
     # alive, an eviction's gathered copy, the dequantized copies a quantized group is read through, and the patched
     # schedule's scoring tail. kv_peak_bytes (entries held, the paper's quantity) plus these explain the allocator.
     kv_transient_peak_bytes: int = 0
+    # Tokens a method ran through the model besides the request's own (KVzip's reconstruction of the context): compute
+    # it pays, outside `tokens` and the footprint; the entries they held while they ran are in the peaks.
+    extra_tokens: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +104,7 @@ class Ledger:
         self.trace = Trace() if trace else None
         self._step = {"new": 0, "active": 0.0, "weight": 1.0, "bytes_peak": 0}
         self._shared = (0.0, 0.0)  # the shared prefix's active entries and full attention's, not counted here
+        self.extra_tokens = 0  # tokens of a method's own forward steps (Phase.is_extra), counted by the Step
 
     def share_prefix(self, tokens: int, sharers: int) -> None:
         """The request so far (a prefix of `tokens` tokens) is shared by `sharers` requests, each continuing from
@@ -125,6 +129,13 @@ class Ledger:
         if self.trace is not None:
             self._step["new"], self._step["weight"] = new, weight
             self._step["active"] += active * len(heads)
+
+    def record_extra_step(self, heads: list[int], held_before: int, new: int, weight: float = 1.0) -> None:
+        """A method's own forward step (KVzip's reconstruction): `new` entries held beside `held_before` in each of
+        `heads` while it runs. They count in the peak; no active entries (the footprint is the request's)."""
+        self._step_held += weight * (held_before + new) * len(heads)
+        if self.trace is not None:
+            self._step["new"], self._step["weight"] = 0, weight
 
     def end_step(self) -> None:
         held_peak = self._step_held / self.num_heads_total
@@ -166,6 +177,7 @@ class Ledger:
             kv_entries=self.peak_entries,
             tokens=tokens,
             kv_transient_peak_bytes=max(self.peak_transient_bytes, self.peak_bytes),
+            extra_tokens=self.extra_tokens,
         )
 
 

@@ -76,12 +76,15 @@ class Phase:
     """Where in a request a forward step is: a prefill chunk, or a decode step."""
 
     is_decode: bool
-    chunk_index: int = 0  # prefill: this chunk's index; decode: the decode step's index
-    num_chunks: int = 1  # prefill chunks of the prompt
+    chunk_index: int = 0  # prefill: this chunk's index; decode: the decode step's index; extra: its index
+    num_chunks: int = 1  # prefill chunks of the prompt; extra: the method's extra steps
+    # A method's own forward step after the prompt (extra_inputs: KVzip's reconstruction of the context); its tokens
+    # are not the request's: held while it runs (peaks and bytes count them), in no footprint, counted as extra_tokens.
+    is_extra: bool = False
 
     @property
     def is_last_chunk(self) -> bool:
-        return not self.is_decode and self.chunk_index == self.num_chunks - 1
+        return not self.is_decode and not self.is_extra and self.chunk_index == self.num_chunks - 1
 
 
 @dataclass
@@ -226,6 +229,13 @@ class Method:
         holds after its select_layer() decision. {} (the default) decides nothing here. The layers decided here hold
         all their entries until the step ends, which the measured peak counts."""
         return {}
+
+    def extra_inputs(self, prompt_ids: torch.Tensor, tokenizer=None) -> list[torch.Tensor]:
+        """Token sequences the engine runs through the model once the prompt (a query-agnostic context) is prefilled,
+        each as one forward step (`Phase.is_extra`) at the positions following the prompt: a method's own forward
+        passes, such as KVzip's reconstruction of the context. `tokenizer` is the request's, or None when the prompt
+        came as token ids. [] (the default) runs none."""
+        return []
 
     def scoring_tokens(self) -> int:
         """How many of the prompt's last tokens to append to every non-last prefill chunk, to score

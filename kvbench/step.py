@@ -68,14 +68,18 @@ class Step:
         weight = self.entry_bytes / self.bytes16  # the footprint counts bytes
         bytes_before, held_before = sum(g.nbytes for g in layer.groups), layer.num_held
         for group in layer.groups:
-            ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=weight)
+            if self.phase.is_extra:  # a method's own step: its entries are held (peaks) but it is not the request's
+                ledger.record_extra_step(group.heads, held_before=group.num_held, new=new, weight=weight)
+            else:
+                ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=weight)
             heads = _head_index(group.heads, key)
             previous = group.nbytes
             group.append(key[:, heads], value[:, heads], self.positions)
             # While the appended tensors are made, the previous ones are still alive (a concatenation's double buffer).
             ledger.record_transient(self.physical + group.nbytes)
             self.physical += group.nbytes - previous
-        layer.tokens_seen += new
+        if not self.phase.is_extra:  # the request's positions go on after the prompt, whatever a method ran
+            layer.tokens_seen += new
         # The scoring tail is held only while the method scores, then dropped: like kv_peak, the held figures
         # leave it out (its queries and keys could be computed without caching them at all).
         tail = self.scoring * self.cache.shape.num_kv_heads
@@ -194,6 +198,8 @@ class Step:
                     f"of each layer it decides; got {answers!r:.80}"
                 )
             self._apply(layer_idx, answers, scoring=0)  # a scoring tail went at the layer's own eviction
+        if self.phase.is_extra:
+            self.cache.ledger.extra_tokens += len(self.positions)
         self.cache.ledger.end_step()
         if self._verdicts:
             device = self._verdicts[0][0].device  # layers split over GPUs: their verdicts meet on one device

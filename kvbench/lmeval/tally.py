@@ -33,6 +33,8 @@ class FootprintTally:
             "kv_transient_peak_bytes": max(s.kv_transient_peak_bytes for s in stats),
             "tokens": sum(s.tokens for s in stats),
         }
+        if any(s.extra_tokens for s in stats):  # a method's own forward passes (KVzip): compute apart from tokens
+            row["extra_tokens"] = sum(s.extra_tokens for s in stats)
         if device_peak_bytes:
             row["device_peak_bytes"] = dict(device_peak_bytes)
         if doc_id is not None:
@@ -97,6 +99,8 @@ class FootprintTally:
                 "tokens": sum(r["tokens"] for r in rows),
                 "requests": len(rows),
             }
+            if any("extra_tokens" in r for r in rows):
+                documents[doc_id]["extra_tokens"] = sum(r.get("extra_tokens", 0) for r in rows)
             if "context_group" in rows[0]:
                 documents[doc_id]["context_group"] = rows[0]["context_group"]
         return documents
@@ -108,6 +112,8 @@ class FootprintTally:
             tasks[task]["kv_peak_bytes_max"] = max(r["kv_peak_bytes"] for r in rows)
             tasks[task]["kv_transient_peak_bytes_max"] = max(r["kv_transient_peak_bytes"] for r in rows)
             tasks[task]["requests"] = len(rows)
+            if any("extra_tokens" in r for r in rows):
+                tasks[task]["extra_tokens"] = sum(r.get("extra_tokens", 0) for r in rows) / len(rows)
             tasks[task].update(_device_peaks(rows))
         tokens = sum(r["tokens"] for rows in self.per_task.values() for r in rows)
         return {
