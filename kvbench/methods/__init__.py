@@ -8,6 +8,7 @@ from kvbench.methods.expected_attention import ExpectedAttention
 from kvbench.methods.full import Full
 from kvbench.methods.h2o import H2O
 from kvbench.methods.keydiff import KeyDiff
+from kvbench.methods.kvzip import KVzip
 from kvbench.methods.l2norm import L2Norm
 from kvbench.methods.lagkv import LagKV
 from kvbench.methods.prulong import PruLong
@@ -21,6 +22,7 @@ BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV,
 BUILTIN_METHODS += [AdaKV, ChunkKV]
 BUILTIN_METHODS += [LagKV, SimLayerKV]
 BUILTIN_METHODS += [ExpectedAttention]
+BUILTIN_METHODS += [KVzip]
 
 
 @hookimpl
