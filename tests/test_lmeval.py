@@ -487,7 +487,7 @@ MISTAKES = [
     ("pretrained=/no/such/model", "pretrained=/no/such/model: no such folder; point pretrained= at a checkpoint"),
     ("pretrained=kvbench-tiy", "pretrained=kvbench-tiy: no such model; did you mean kvbench-tiny (the bundled model)?"),
     ("pretrained=kvbench-tiny,method=streamingllm,window=-5", "window must be an integer >= 1; got -5;"),
-    ("pretrained=kvbench-tiny,method=nosuch", "unknown method 'nosuch'; known methods: duoattention, full"),
+    ("pretrained=kvbench-tiny,method=nosuch", "unknown method 'nosuch'; known methods: adakv, cake, chunkkv"),
 ]
 
 

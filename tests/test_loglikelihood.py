@@ -71,8 +71,8 @@ def test_patched_scoring_tail_comes_from_the_context_alone(model, monkeypatch):
     kept = []
     real_prefill = engine.prefill
 
-    def recording_prefill(model, cache, ids, chunk_size, kernel=None):
-        logits = real_prefill(model, cache, ids, chunk_size, kernel)
+    def recording_prefill(model, cache, ids, chunk_size, kernel=None, tokenizer=None):
+        logits = real_prefill(model, cache, ids, chunk_size, kernel, tokenizer)
         kept.append([group.positions.clone() for layer in cache.layers for group in layer.groups])
         return logits
 

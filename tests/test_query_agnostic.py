@@ -38,8 +38,8 @@ def kept_after_prefill(monkeypatch, model, prompt, method, question_start):
     kept = []
     prefill = engine.prefill
 
-    def recording(model, cache, ids, chunk_size, kernel=None):
-        logits = prefill(model, cache, ids, chunk_size, kernel)
+    def recording(model, cache, ids, chunk_size, kernel=None, tokenizer=None):
+        logits = prefill(model, cache, ids, chunk_size, kernel, tokenizer)
         kept.append([[group.positions.clone() for group in layer.groups] for layer in cache.layers])
         return logits
 
