@@ -16,7 +16,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvbench.ledger import Ledger
 from kvbench.method import Method, ModelShape
-from kvbench.quant import make_store
+from kvbench.quant import bytes_per_entry, make_store
 
 
 class HeadGroup:
@@ -29,10 +29,33 @@ class HeadGroup:
         self.kv_bits = kv_bits
         self._keys = self._values = None  # stores (kvbench.quant): the model's dtype, or 8/4-bit codes
         self.positions: torch.Tensor | None = None
+        # ThinK: the key channels each head keeps [h, d'], ascending; the others are not stored (None: all of them).
+        self.key_channels: torch.Tensor | None = None
+        self.head_dim = 0
 
     @property
     def keys(self) -> torch.Tensor:
-        return self._keys.read()
+        """[1, h, n, d]; with pruned key channels, a copy with zeros in the pruned ones (attention kernels want one
+        head size for queries, keys and values; a zero channel adds nothing to a query's dot product)."""
+        keys = self._keys.read()
+        if self.key_channels is None:
+            return keys
+        index = self.key_channels[None, :, None, :].expand(1, -1, keys.shape[2], -1)
+        return keys.new_zeros(*keys.shape[:3], self.head_dim).scatter_(-1, index, keys)
+
+    def entry_bytes(self, dtype: torch.dtype) -> int:
+        """Bytes one entry of one head takes here (its key and its value)."""
+        if self.key_channels is None:
+            return bytes_per_entry(self.head_dim, dtype, self.kv_bits)
+        return (self.key_channels.shape[1] + self.head_dim) * dtype.itemsize
+
+    def keep_key_channels(self, channels: torch.Tensor) -> None:
+        """Keep key channels `channels` [h, d'] (ascending) of every held and future entry; the rest is freed."""
+        if self.key_channels is not None or self.kv_bits != 16:
+            raise ValueError("key channels are pruned once, from 16-bit keys")
+        keys = self._keys.read()
+        self._keys = make_store(keys.gather(-1, channels[None, :, None, :].expand(1, -1, keys.shape[2], -1)), 16)
+        self.key_channels = channels
 
     @property
     def values(self) -> torch.Tensor:
@@ -49,6 +72,9 @@ class HeadGroup:
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         # On the layer's own device, with its keys (a model split across GPUs keeps each layer's cache there).
         positions = positions.to(keys.device).expand(len(self.heads), -1)
+        self.head_dim = keys.shape[-1]
+        if self.key_channels is not None:
+            keys = keys.gather(-1, self.key_channels[None, :, None, :].expand(1, -1, keys.shape[2], -1))
         if self._keys is None:
             # Own copies, so that the group never keeps the whole layer's projection alive.
             self._keys, self._values = make_store(keys, self.kv_bits), make_store(values, self.kv_bits)

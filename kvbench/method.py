@@ -223,6 +223,12 @@ class Method:
         layer's heads (Ada-KV's per-head budgets, with one group per KV head) decides for all of them at once here."""
         return [self.select(view) for view in views]
 
+    def select_key_channels(self, view: KeepView) -> torch.Tensor | None:
+        """After select() at a step: the key channels each head of the group keeps from now on, [h, k] ascending
+        (ThinK), or None. Once per group: the other channels of its held and future keys are freed. Entries
+        then take fewer bytes, which the footprint counts."""
+        return None
+
     def finish_step(self, phase: Phase) -> dict[int, list[torch.Tensor | None]]:
         """Once every layer has attended at a step: decisions made across layers (budgets shared by the layers, as
         CAKE's), {layer: one answer per head group, as select_layer gives}, the indices counting what each group

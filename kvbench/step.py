@@ -68,10 +68,12 @@ class Step:
         weight = self.entry_bytes / self.bytes16  # the footprint counts bytes
         bytes_before, held_before = sum(g.nbytes for g in layer.groups), layer.num_held
         for group in layer.groups:
+            # ThinK: a group whose keys hold fewer channels takes fewer bytes an entry
+            share = weight if group.key_channels is None else group.entry_bytes(dtype) / self.bytes16
             if self.phase.is_extra:  # a method's own step: its entries are held (peaks) but it is not the request's
-                ledger.record_extra_step(group.heads, held_before=group.num_held, new=new, weight=weight)
+                ledger.record_extra_step(group.heads, held_before=group.num_held, new=new, weight=share)
             else:
-                ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=weight)
+                ledger.record_step(layer_idx, group.heads, held_before=group.num_held, new=new, weight=share)
             heads = _head_index(group.heads, key)
             previous = group.nbytes
             group.append(key[:, heads], value[:, heads], self.positions)
@@ -90,7 +92,8 @@ class Step:
 
     def _attend(self, query, group: HeadGroup, scaling: float, window: int | None):
         keys, values = group.keys, group.values
-        if group.kv_bits != 16:  # read through dequantized copies, alive while the layer attends and decides
+        if group.kv_bits != 16 or group.key_channels is not None:
+            # read through dequantized (or zero-filled) copies, alive while the layer attends and decides
             self.cache.ledger.record_transient(self.physical + keys.nbytes + values.nbytes)
         if window is not None and self.last_position >= window:  # the window may cut into what is held
             return attention.attend_windowed(
@@ -113,6 +116,24 @@ class Step:
                 f"({len(views)}); got {answers!r:.80}"
             )
         self._apply(layer_idx, answers, self.scoring)
+        if type(method).select_key_channels is not Method.select_key_channels:
+            for group, view in zip(layer.groups, views):  # views made now: after the entries' eviction
+                channels = method.select_key_channels(view)
+                if channels is not None:
+                    self._prune_key_channels(group, channels, layer_idx, view.group)
+
+    def _prune_key_channels(self, group: HeadGroup, channels: torch.Tensor, layer: int, group_index: int) -> None:
+        head_dim = group.head_dim
+        if channels.dim() != 2 or channels.shape[0] != len(group.heads) or not 0 < channels.shape[1] <= head_dim:
+            raise ValueError(
+                f"{self._where(layer, group_index)}: select_key_channels() must return [{len(group.heads)}, k] "
+                f"channel indices, 0 < k <= {head_dim}; got {tuple(channels.shape)}"
+            )
+        bytes_before = group.nbytes
+        group.keep_key_channels(channels.to(group.positions.device, torch.int64))
+        self.cache.ledger.record_transient(self.physical + group.nbytes)  # the pruned copy beside the old keys
+        self.physical += group.nbytes - bytes_before
+        self.cache.ledger.record_memory(group.nbytes - bytes_before, 0)
 
     def _apply(self, layer_idx: int, answers, scoring: int) -> None:
         """Keep what the method chose in each group of the layer (the scoring tail, if any, dropped) and free the rest."""

@@ -17,12 +17,13 @@ from kvbench.methods.random_eviction import RandomEviction
 from kvbench.methods.simlayerkv import SimLayerKV
 from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
+from kvbench.methods.think import ThinK
 
 BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O, RandomEviction, KeyDiff]
 BUILTIN_METHODS += [AdaKV, ChunkKV]
 BUILTIN_METHODS += [LagKV, SimLayerKV]
 BUILTIN_METHODS += [ExpectedAttention]
-BUILTIN_METHODS += [KVzip]
+BUILTIN_METHODS += [KVzip, ThinK]
 
 
 @hookimpl
