@@ -180,8 +180,9 @@ def test_the_old_name_of_evicts_while_decoding_still_works_with_a_warning():
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(
         ValueError,
-        match=r"unknown method 'snapkvv'; known methods: adakv, chunkkv, duoattention, expected_attention, full, "
-        r"h2o, keydiff, l2norm, lagkv, prulong, pyramidkv, random, simlayerkv, snapkv, streamingllm, tova",
+        match=r"unknown method 'snapkvv'; known methods: adakv, cake, chunkkv, duoattention, expected_attention, "
+        r"full, h2o, keydiff, kvzip, l2norm, lagkv, prulong, pyramidkv, random, simlayerkv, snapkv, streamingllm, think, "
+        r"tova",
     ):
         kvbench.load_method("snapkvv")
 

@@ -2,6 +2,7 @@
 
 from kvbench.hooks import hookimpl
 from kvbench.methods.adakv import AdaKV
+from kvbench.methods.cake import Cake
 from kvbench.methods.chunkkv import ChunkKV
 from kvbench.methods.duoattention import DuoAttention
 from kvbench.methods.expected_attention import ExpectedAttention
@@ -24,6 +25,7 @@ BUILTIN_METHODS += [AdaKV, ChunkKV]
 BUILTIN_METHODS += [LagKV, SimLayerKV]
 BUILTIN_METHODS += [ExpectedAttention]
 BUILTIN_METHODS += [KVzip, ThinK]
+BUILTIN_METHODS += [Cake]
 
 
 @hookimpl
