@@ -67,10 +67,11 @@ SCORES = torch.tensor(
 
 
 def test_the_kept_share_is_taken_over_all_layers_and_heads_together():
-    # 16 entries, keep 0.5 -> evict int(16 x 0.5) = 8; the sink (entry 0) scores 1 everywhere; the best 4 others:
-    # 0.9, 0.8, 0.7 (layer 0 head 0), 0.6 (layer 1 head 0), 0.5 (layer 1 head 1) -> with the 4 sinks that is 9 > 8:
-    # the 8 kept are the 4 sinks and 0.9, 0.8, 0.7, 0.6.
+    # 16 entries, keep 0.5 -> evict int(16 x 0.5) = 8; each head's sink (entry 0) scores above all, then the best 4
+    # others of all: 0.9, 0.8, 0.7 (layer 0 head 0) and 0.6 (layer 1 head 0)
     assert finished(SCORES, keep=0.5, n_sink=1) == [[[0, 1, 2, 3], [0]], [[0, 3], [0]]]
+    # without sinks, the 8 best of all: 0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.2, 0.1
+    assert finished(SCORES, keep=0.5, n_sink=0) == [[[1, 2, 3], [1, 2, 3]], [[3], [1]]]
 
 
 def test_layerwise_each_layer_keeps_its_share_over_its_heads():
@@ -90,12 +91,12 @@ def test_the_reconstruction_is_the_instruction_and_the_context_in_pieces():
     context = torch.arange(10, 30)
     method = KVzip(keep=0.5, chunk_length=8)
     pieces = method.extra_inputs(context, tokenizer)
-    first = tokenizer.encode("\n\nRepeat the previous context exactly.\n", add_special_tokens=False)
+    first = tokenizer.encode("\n\nRepeat the previous context exactly.", add_special_tokens=False)
     later = tokenizer.encode(
         "\n\nRepeat the part of the previous context exactly, starting with", add_special_tokens=False
     )
     newline = tokenizer.encode("\n", add_special_tokens=False)
-    assert pieces[0].tolist() == first + list(range(10, 18))
+    assert pieces[0].tolist() == first + newline + list(range(10, 18))
     assert pieces[1].tolist() == later + list(range(10, 18)) + newline + list(range(18, 26))
     assert pieces[2].tolist() == later + list(range(18, 26)) + newline + list(range(26, 30))
     assert [(a, b) for a, b, _ in method.pieces] == [(0, 8), (8, 16), (16, 20)]

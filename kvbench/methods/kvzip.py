@@ -3,8 +3,8 @@ context) is prefilled, whole, the model is asked to repeat it: "Repeat the previ
 context itself, in pieces of `chunk_length` tokens (a later piece asks to repeat "starting with" the previous piece's
 last 8 tokens). While a piece runs, every held entry of the context part it repeats is scored by the most attention
 any of the piece's queries (any query head of its KV head) gives it, the softmax taken over the first `n_sink`
-entries (from the second piece on), that part of the context and the piece itself, as the reference does. The
-sinks score 1. Then every layer and KV head keeps the entries whose scores rank in the top `keep` share of all
+entries (from the second piece on), that part of the context and the piece itself, as the reference does; the
+first `n_sink` entries then score above all (never evicted). Then every layer and KV head keeps the entries whose scores rank in the top `keep` share of all
 layers' and heads' together (`layerwise`: of each layer's heads): per-head counts differ, so each KV head is stored
 in its own group and the savings are real bytes.
 
@@ -17,9 +17,10 @@ It reads no question by design: under `query=agnostic` the context alone is pref
 Query-aware, the whole prompt (the question included) is what it reconstructs. Without a tokenizer (token ids given),
 the pieces are the context's tokens alone, without the instruction text.
 
-Where it differs from kvpress's KVzipPress: kvpress wraps the instruction in the tokenizer's chat template; kvbench
-uses none (as it runs the tasks: chat templates off), so the piece is the instruction, a newline, then the context.
-kvpress masks the evicted entries; kvbench frees them.
+Where it differs from kvpress 0.5.5's KVzipPress: kvpress wraps the instruction in the tokenizer's chat template;
+kvbench uses none (it runs the tasks with chat templates off), which is kvpress's way for a tokenizer without one:
+the piece is the instruction, a newline, then the context. kvpress masks the evicted entries; kvbench frees them.
+A head left with no entry keeps its best one (possible only with `n_sink` 0).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from kvbench.method import KeepView, Method, ModelShape, Phase, require
 
-FIRST_INSTRUCTION = "\n\nRepeat the previous context exactly.\n"
+FIRST_INSTRUCTION = "\n\nRepeat the previous context exactly."
 LATER_INSTRUCTION = "\n\nRepeat the part of the previous context exactly, starting with"
 OVERLAP = 8  # a later piece starts with the previous piece's last tokens
 
@@ -85,12 +86,11 @@ class KVzip(Method):
             part = context[first : first + self.chunk_length]
             if tokenizer is None:
                 prefix = context[max(0, first - OVERLAP) : first]
-            else:
+            else:  # the instruction ("starting with" the previous piece's last tokens), then a newline
                 text = FIRST_INSTRUCTION if first == 0 else LATER_INSTRUCTION
                 prefix = torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
-                if first:  # "starting with" the previous piece's last tokens, then a newline
-                    newline = torch.tensor(tokenizer.encode("\n", add_special_tokens=False), dtype=torch.long)
-                    prefix = torch.cat([prefix, context[first - OVERLAP : first], newline])
+                newline = torch.tensor(tokenizer.encode("\n", add_special_tokens=False), dtype=torch.long)
+                prefix = torch.cat([prefix, context[max(0, first - OVERLAP) : first], newline])
             tokens = torch.cat([prefix, part])
             self.pieces.append((first, first + len(part), len(tokens)))
             inputs.append(tokens)
@@ -115,7 +115,7 @@ class KVzip(Method):
         if not (phase.is_extra and phase.chunk_index == phase.num_chunks - 1):
             return {}
         scores = torch.stack([self.scores[layer] for layer in range(self.num_layers)])  # [layers, heads, context]
-        scores[..., : self.n_sink] = 1.0
+        scores[..., : self.n_sink] = scores.amax() + 1  # the sinks are never evicted
         layers, heads, context = scores.shape
         kept = torch.zeros_like(scores, dtype=torch.bool)
         if self.layerwise:  # each layer keeps the same share, spread over its heads by score
