@@ -49,6 +49,7 @@ RATIO = 0.75  # kvpress compression_ratio; kvbench budget = int(T * (1 - RATIO))
 WINDOW, KERNEL = 64, 5  # SnapKV's window and pooling kernel (both libraries' defaults)
 SNAP = {"obs_window": WINDOW, "kernel": KERNEL, "recent": WINDOW}
 SIMLAYER = {"n_last": 1, "n_recent": 256, "n_initial": 4}  # n_recent below the prompt so that a layer can be lazy
+THINK_PRUNED = 0.5  # ThinK's share of key channels pruned
 
 
 def pairs(budget: int) -> dict:
@@ -75,6 +76,7 @@ def pairs(budget: int) -> dict:
             "adakv",
             {"window": WINDOW, "kernel": KERNEL, "params": {"alpha_safeguard": 0.2}},
         ),
+        "kvzip": ("kvzip", {"keep": 1 - RATIO, "n_sink": 4}, "kvzip", {"params": {"n_sink": 4}}),
         "chunkkv(snapkv)": (
             "chunkkv",
             {**post, **SNAP, "scorer": "snapkv", "chunk_length": 20},
@@ -153,13 +155,13 @@ def differing(ours, theirs) -> dict:
     return out
 
 
-def run_pair(model, ids, ids_file, worker, full_keys, workdir, name, spec) -> dict:
+def run_pair(model, ids, ids_file, worker, full_keys, workdir, name, spec, tokenizer=None) -> dict:
     method, params, case, extra = spec
     row = {"pair": name, "tokens": len(ids), "kvbench": {"method": method, **params}, "kvpress_case": case, **extra}
     if method not in kvbench.list_methods():
         return {**row, "status": f"not available: kvbench has no method {method!r} yet"}
     try:
-        cache = kvbench_prefill(model, ids, method, params, len(ids))
+        cache = kvbench_prefill(model, ids, method, params, len(ids), tokenizer)
     except Exception as error:  # a method being written may refuse these parameters or fail: report, go on
         return {**row, "status": f"not available: kvbench {method}: {type(error).__name__}: {error}"}
     ours = kvbench_positions(cache)
@@ -167,6 +169,30 @@ def run_pair(model, ids, ids_file, worker, full_keys, workdir, name, spec) -> di
         theirs, _ = kvpress_positions(worker, case, ids_file, full_keys, workdir, extra)
     except RuntimeError as error:
         return {**row, "status": f"kvpress failed: {str(error)[:400]}"}
+    return {**row, "status": "ok", **compare(ours, theirs), "differing": differing(ours, theirs)}
+
+
+def run_think(model, ids, ids_file, worker, workdir, tokenizer) -> dict:
+    """ThinK prunes key channels, not entries: per layer and KV head, the channels kvbench keeps against those
+    kvpress's ThinKPress leaves non-zero in its cache."""
+    params = {"channel_keep": 1 - THINK_PRUNED, "window_size": 32}
+    row = {"pair": "think", "tokens": len(ids), "kvbench": {"method": "think", **params}}
+    if "think" not in kvbench.list_methods():
+        return {**row, "status": "not available: kvbench has no method 'think' yet"}
+    cache = kvbench_prefill(model, ids, "think", params, len(ids), tokenizer)
+    ours = [[set(row.tolist()) for row in layer.groups[0].key_channels] for layer in cache.layers]
+    kept_out = workdir / "think_keys.pt"
+    worker.ask(
+        op="run",
+        case="think",
+        ids=str(ids_file),
+        new_tokens=1,
+        kept_out=str(kept_out),
+        params={"key_channel_compression_ratio": THINK_PRUNED, "window_size": 32},
+    )
+    theirs = [
+        [set((head != 0).any(dim=0).nonzero().flatten().tolist()) for head in layer] for layer in torch.load(kept_out)
+    ]
     return {**row, "status": "ok", **compare(ours, theirs), "differing": differing(ours, theirs)}
 
 
@@ -233,6 +259,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="kvbench-kvpress-agreement-"))
     save_model(workdir / "model")
+    # KVzip words its repeat instruction with a tokenizer; both sides use the bundled tiny model's (305 tokens, all
+    # inside the random model's vocabulary), saved beside the model where kvpress's AutoTokenizer finds it.
+    from kvbench import tiny
+
+    tokenizer = tiny.load()[1]
+    tokenizer.save_pretrained(workdir / "model")
     model = LlamaForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32).eval()
     worker = Worker(python)
     versions = worker.ask(op="load", model=str(workdir / "model"), threads=args.threads)
@@ -261,7 +293,11 @@ def main() -> None:
         for name, spec in pairs(budget).items():
             if args.pairs and name not in args.pairs:
                 continue
-            row = run_pair(model, ids, ids_file, worker, full_keys, workdir, name, spec)
+            row = run_pair(model, ids, ids_file, worker, full_keys, workdir, name, spec, tokenizer)
+            report["rows"].append(row)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("per_head", "differing")}), flush=True)
+        if not args.pairs or "think" in args.pairs:
+            row = run_think(model, ids, ids_file, worker, workdir, tokenizer)
             report["rows"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("per_head", "differing")}), flush=True)
         if not args.pairs or "simlayerkv" in args.pairs:

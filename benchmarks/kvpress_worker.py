@@ -10,7 +10,8 @@ each stdin line is a JSON request, each answer one JSON line on stdout.
 
 For benchmarks/kvpress_agreement.py, more cases, each press built with the request's "params" (its constructor's
 keyword arguments, the defaults otherwise): "keydiff", "lagkv", "expected_attention", "simlayerkv", and the wrapped
-"adakv" / "chunkkv" (their scorer SnapKVPress, window "window", kernel "kernel"; "params" are the wrapper's, e.g.
+"kvzip" (its tokenizer: the one saved beside the model), "think" (its key channels zeroed: read them from
+"kept_out"), "adakv" / "chunkkv" (their scorer SnapKVPress, window "window", kernel "kernel"; "params" are the wrapper's, e.g.
 alpha_safeguard, chunk_length). "masks_out": FILE.pt saves, per layer, the (head, position) pairs a per-head press
 (AdaKVPress) masks after the prompt. A simlayerkv answer carries "layer_compression_ratios" (> 0: the layer was found
 lazy) and "layer_shares" (the attention share its is_lazy compared with the threshold, per layer).
@@ -34,9 +35,11 @@ from kvpress import (
     DuoAttentionPress,
     ExpectedAttentionPress,
     KeyDiffPress,
+    KVzipPress,
     LagKVPress,
     SimLayerKVPress,
     SnapKVPress,
+    ThinKPress,
 )
 from kvpress.presses import duo_attention_press
 from transformers import AutoModelForCausalLM, DynamicCache
@@ -92,6 +95,10 @@ def make_press(request):
         return KeyDiffPress(compression_ratio=ratio, **params)
     if case == "lagkv":
         return LagKVPress(compression_ratio=ratio, **params)
+    if case == "kvzip":  # its tokenizer is the one saved beside the model (AutoTokenizer on name_or_path)
+        return KVzipPress(compression_ratio=ratio, **params)
+    if case == "think":  # prunes key channels (zeroes them): "params" has key_channel_compression_ratio
+        return ThinKPress(**params)
     if case == "expected_attention":
         return ExpectedAttentionPress(compression_ratio=ratio, **params)
     if case == "simlayerkv":

@@ -138,14 +138,14 @@ def kvbench_methods(pattern: str, length: int, chunk: int) -> dict:
     }
 
 
-def kvbench_prefill(model, ids, name, params, chunk) -> KVCache:
+def kvbench_prefill(model, ids, name, params, chunk, tokenizer=None) -> KVCache:
     """The cache as it stands after the prompt (what generate() runs first), to read its bytes and positions."""
     method = load_method(name, **params)
     shape = ModelShape.from_config(model.config)
     method.bind(shape)
     cache = KVCache(shape, method)
     with kvbench_attention(model), torch.inference_mode():
-        prefill(model, cache, ids, chunk)
+        prefill(model, cache, ids, chunk, tokenizer=tokenizer)
     return cache
 
 
