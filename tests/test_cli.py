@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -42,3 +43,23 @@ def test_methods_at_80_columns_cut_nothing_and_show_the_defaults_that_apply(caps
     end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
     snapkv = " ".join(line.strip() for line in lines[start:end])
     assert "keep=0.5*" in snapkv and "schedule=chunked" in snapkv and "kernel=5" in snapkv  # whole, not cut
+
+
+def test_methods_lists_every_builtin_with_its_description_category_schedules_and_knob(capsys):
+    from kvbench.methods import BUILTIN_METHODS
+
+    assert main(["methods", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    builtin = {name: row for name, row in rows.items() if row["source"] == "kvbench (built-in)"}
+    assert len(builtin) == len(BUILTIN_METHODS) == 18  # the paper's eight and kvbench#27's ten
+    assert all(row["description"] and row["category"] for row in builtin.values())
+    assert builtin["adakv"]["schedules"] == ["postfill", "chunked", "patched"] and builtin["adakv"]["knob"] == "keep"
+    assert builtin["simlayerkv"]["schedules"] == ["postfill", "chunked"]
+    assert builtin["think"]["knob"] == "channel_keep" and builtin["think"]["schedules"] == []
+    assert (
+        "scorer_params" not in builtin["chunkkv"]["parameters"]
+        and builtin["chunkkv"]["parameters"]["scorer"] == "snapkv"
+    )
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[") >= len(rows) and "schedules: postfill, chunked, patched" in out

@@ -20,12 +20,9 @@ from kvbench.methods.snapkv import SnapKV
 from kvbench.methods.streamingllm import StreamingLLM
 from kvbench.methods.think import ThinK
 
-BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O, RandomEviction, KeyDiff]
-BUILTIN_METHODS += [AdaKV, ChunkKV]
-BUILTIN_METHODS += [LagKV, SimLayerKV]
-BUILTIN_METHODS += [ExpectedAttention]
-BUILTIN_METHODS += [KVzip, ThinK]
-BUILTIN_METHODS += [Cake]
+# The paper's methods, then the later ones (kvpress's list, kvbench#27), each one small file.
+BUILTIN_METHODS = [Full, StreamingLLM, DuoAttention, PruLong, SnapKV, PyramidKV, L2Norm, H2O]
+BUILTIN_METHODS += [RandomEviction, KeyDiff, LagKV, ExpectedAttention, KVzip, AdaKV, ChunkKV, Cake, SimLayerKV, ThinK]
 
 
 @hookimpl
