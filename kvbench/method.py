@@ -192,6 +192,9 @@ class Method:
     knob_increases: ClassVar[bool] = True
     knob_values: ClassVar[tuple] = ()
     keeps_everything: ClassVar[dict] = {}
+    # Parameters the conformance kit (`kvbench check`) uses unless told others: its prompts are 96 and 512 tokens, so a
+    # method whose defaults act only on longer ones (SimLayerKV's 1024-entry recent window) names settings that act.
+    check_params: ClassVar[dict] = {}
     # The values its `schedule` parameter takes (when it evicts during prefill); () for a method with no such choice.
     schedules: ClassVar[tuple[str, ...]] = ()
 

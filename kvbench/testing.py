@@ -68,7 +68,7 @@ def conformance_models() -> dict[str, torch.nn.Module]:
 def run_checks(method: str | type[Method], params: dict | None = None, models: dict | None = None) -> list[CheckResult]:
     """Every conformance check of `method` (a registered name or a Method class) with `params`."""
     cls = method_class(method) if isinstance(method, str) else method
-    params = dict(params or {})
+    params = {**cls.check_params, **(params or {})}
     results = [_check("parameters", lambda: _parameters(cls, params))]
     if results[0].failed:
         return results

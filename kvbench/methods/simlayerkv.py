@@ -54,6 +54,7 @@ class SimLayerKV(Method):
     knob_values = (0.5, 0.6, 0.7, 0.8, 0.9)
     keeps_everything = {"lazy_threshold": 1.0}
     schedules = SIMLAYERKV_SCHEDULES
+    check_params = {"n_recent": 80, "lazy_threshold": 0.5}  # the kit's prompts (96, 512) are shorter than 1024
 
     def __post_init__(self) -> None:
         super().__post_init__()
