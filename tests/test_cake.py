@@ -211,3 +211,21 @@ def test_conforms(schedule):
     from kvbench.testing import assert_conforms
 
     assert_conforms("cake", {"keep": 0.3, "recent": 8, "obs_window": 8, "schedule": schedule})
+
+
+def test_another_scorer_ranks_within_the_layers_and_cake_still_splits_the_budget():
+    """`scorer=snapkv`: the layer budgets are CAKE's (from its preferences, whatever ranks the entries), the entries
+    each layer keeps are snapkv's best, and snapkv's own parameters come flat."""
+    model = tiny_model("llama", num_hidden_layers=3)
+    settings = dict(keep=0.2, recent=8, obs_window=8, schedule="postfill")
+    own = prefilled(model, kvbench.load_method("cake", **settings), 400, 400)
+    snap = kvbench.load_method("cake", scorer="snapkv", kernel=3, **settings)
+    assert snap.inner.kernel == 3 and snap.params()["scorer"] == "snapkv"
+    other = prefilled(model, snap, 400, 400)
+    counts = [[g.num_held for g in layer.groups] for layer in own.layers]
+    assert [[g.num_held for g in layer.groups] for layer in other.layers] == counts
+    assert len({sum(layer) for layer in counts}) > 1  # the layers' shares differ: CAKE's split, not a uniform one
+    kept = [g.positions.tolist() for layer in other.layers for g in layer.groups]
+    assert kept != [g.positions.tolist() for layer in own.layers for g in layer.groups]  # ranked by another score
+    with pytest.raises(ValueError, match="has no parameter 'beta'"):
+        kvbench.load_method("cake", beta=3)  # pyramidkv's, without scorer=pyramidkv

@@ -259,7 +259,8 @@ def conformance_params(tmp_path) -> dict[str, list[dict]]:
         "expected_attention": [{**score, "schedule": s} for s in ("postfill", "chunked", "patched")],
         "adakv": [{**score, "schedule": s} for s in ("postfill", "chunked", "patched")],
         "chunkkv": [{**score, "chunk_length": 4, "scorer": "expected_attention", "schedule": "chunked"}],
-        "cake": [{**score, "schedule": s} for s in ("postfill", "chunked", "patched")],
+        "cake": [{**score, "schedule": s} for s in ("postfill", "chunked", "patched")]
+        + [{**score, "scorer": "snapkv", "kernel": 3}],
         "kvzip": [{"keep": 0.3, "chunk_length": 32}, {"keep": 0.3, "layerwise": True}],
         "think": [{"channel_keep": 0.5, "window_size": 8}],
     }

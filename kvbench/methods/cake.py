@@ -60,12 +60,14 @@ fork still runs for Mistral and Qwen2):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from kvbench.method import SCORE_BLOCK_BYTES, KeepView, ModelShape, Phase, ScoreMethod, require
+from kvbench.methods.scorer_wrapper import build_scorer, flat_params
 
 
 @dataclass
@@ -85,6 +87,12 @@ class Cake(ScoreMethod):
     tau2: float = 1.0
     gamma: float = 200.0
     kernel: int = 5
+    # The ranking within a layer: CAKE's own indicator, or any score method's scores (its parameters flat beside
+    # these, as for adakv and chunkkv); the layer budgets always come from CAKE's preferences.
+    scorer: str = "cake"
+    scorer_params: dict = field(default_factory=dict)
+
+    extra_params: ClassVar[str] = "scorer_params"
 
     name = "cake"
     description = (
@@ -113,11 +121,25 @@ class Cake(ScoreMethod):
             isinstance(self.kernel, int) and self.kernel >= 1 and self.kernel % 2 == 1,
             f"kernel must be an odd integer >= 1; got {self.kernel!r}",
         )
+        if self.scorer == "cake":
+            require(
+                not self.scorer_params,
+                f"method 'cake' has no parameter {next(iter(self.scorer_params), '')!r} (with its own indicator; "
+                f"give scorer=NAME for another scorer's parameters)",
+            )
+            self.inner = None
+        else:
+            self.inner = build_scorer(self, self.scorer, self.scorer_params)
         self.bind(None)  # state, not parameters: not dataclass fields, so never in params()
+
+    def params(self) -> dict:
+        return flat_params(self)
 
     def bind(self, shape: ModelShape | None) -> None:
         self._scored: dict[int, _Scored] = {}
         self._phase: Phase | None = None
+        if shape is not None and self.inner is not None:
+            self.inner.bind(shape)
 
     # ---- at each layer: score, keep everything for now ----
 
@@ -173,6 +195,11 @@ class Cake(ScoreMethod):
     # ---- what the window's attention says ----
 
     def score(self, view: KeepView) -> torch.Tensor:
+        if self.inner is not None:  # another score method ranks the entries within a layer
+            return self.inner.score(view)
+        return self.indicator(view)
+
+    def indicator(self, view: KeepView) -> torch.Tensor:
         """CAKE's eviction indicator, [h, n]: over the competing entries (`view.candidates`, all held if unset, less
         the recent window) the window's mean attention + gamma x its variance across the window's queries, pooled
         with `kernel` and averaged over each KV head's query heads; 0 elsewhere."""

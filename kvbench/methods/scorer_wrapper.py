@@ -28,21 +28,7 @@ class ScorerWrapper(ScoreMethod):
 
     def validate(self) -> None:
         super().validate()
-        from kvbench.plugins import coerce_params, method_class  # the registry imports the methods: import late
-
-        scorer_class = method_class(self.scorer)
-        require(
-            issubclass(scorer_class, ScoreMethod)
-            and not issubclass(scorer_class, ScorerWrapper)
-            and scorer_class.select is ScoreMethod.select,
-            f"scorer must be a score method that only scores (its own select() is not wrapped); got {self.scorer!r}",
-        )
-        try:
-            own = coerce_params(scorer_class, self.scorer_params)
-        except ValueError as error:
-            raise ValueError(f"method {self.name!r} with scorer {self.scorer!r}: {error}") from None
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ScoreMethod)}
-        self.inner = scorer_class(**shared, **own)
+        self.inner = build_scorer(self, self.scorer, self.scorer_params)
 
     def bind(self, shape: ModelShape) -> None:
         self.inner.bind(shape)
@@ -54,5 +40,32 @@ class ScorerWrapper(ScoreMethod):
         return self.inner.scoring_tokens()
 
     def params(self) -> dict:
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "scorer_params"}
-        return {**own, **self.scorer_params}
+        return flat_params(self)
+
+
+def build_scorer(owner: ScoreMethod, scorer: str, scorer_params: dict) -> ScoreMethod:
+    """The score method `scorer` with its own parameters and `owner`'s budget and schedule, refused (naming what is
+    wrong) unless it is a registered score method that only scores."""
+    from kvbench.plugins import coerce_params, method_class  # the registry imports the methods: import late
+
+    scorer_class = method_class(scorer)
+    require(
+        issubclass(scorer_class, ScoreMethod)
+        and not issubclass(scorer_class, ScorerWrapper)
+        and scorer_class.select is ScoreMethod.select,
+        f"scorer must be a score method that only scores (its own select() is not wrapped); got {scorer!r}",
+    )
+    try:
+        own = coerce_params(scorer_class, scorer_params)
+    except ValueError as error:
+        raise ValueError(f"method {owner.name!r} with scorer {scorer!r}: {error}") from None
+    # The budget and schedule, and any parameter both have (cake's and snapkv's `kernel`), are the owner's.
+    common = {f.name for f in dataclasses.fields(scorer_class)} & {f.name for f in dataclasses.fields(owner)}
+    shared = {name: getattr(owner, name) for name in common}
+    return scorer_class(**{**shared, **own})
+
+
+def flat_params(method: ScoreMethod) -> dict:
+    """A wrapper's parameters as load_method takes them: its own, then its scorer's (`scorer_params`) beside them."""
+    own = {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.name != "scorer_params"}
+    return {**own, **method.scorer_params}
