@@ -158,6 +158,9 @@ class Cake(ScoreMethod):
         indicators = []
         for view in views:
             view.candidates = candidates
+            if not len(pool):  # nothing competes by score here (a scorer need not handle an empty pool)
+                indicators.append(torch.zeros(len(view.heads), 0, device=view.keys.device))
+                continue
             indicators.append(self.checked_scores(view)[:, pool.start : pool.stop])
         # A second pass over the window's weights (the first was score()'s): w x held per head, small beside the
         # step's own attention, and score() stays the one place the indicator is made.
