@@ -360,19 +360,22 @@ class ScoreMethod(Method):
         None when the step evicts nothing."""
         if not self.evicts_now(view):
             return None
+        candidates, k = self.competing(view)
+        if self.budget is not None and candidates.stop <= self.budget:
+            return None
+        if self.budget is None and k + self.recent >= len(candidates):
+            return None  # nothing to evict (before any per-layer redistribution)
+        return candidates, self.layer_budget(view.layer, k, len(candidates))
+
+    def competing(self, view: KeepView) -> tuple[range, int]:
+        """(the held entries competing at this step, the mean layer's count kept by score beyond the recent window),
+        whether or not that evicts anything. `budget`: everything held competes; `keep`: only the entries new since
+        the last eviction (post-fill: the whole prompt)."""
         end = view.num_held - view.num_scoring  # the scoring tail is kept here; the cache drops it
         if self.budget is not None:
-            if end <= self.budget:
-                return None
-            candidates, k = range(0, end), self.budget - min(self.recent, self.budget)
-        else:
-            # Ratio: only the entries new since the last eviction compete (post-fill: the whole prompt).
-            new = end if self.schedule == "postfill" else view.num_new
-            k = round(self.keep * new)
-            if k + self.recent >= new:  # nothing to evict (before any per-layer redistribution)
-                return None
-            candidates = range(end - new, end)
-        return candidates, self.layer_budget(view.layer, k, len(candidates))
+            return range(0, end), self.budget - min(self.recent, self.budget)
+        new = end if self.schedule == "postfill" else view.num_new
+        return range(end - new, end), round(self.keep * new)
 
     def checked_scores(self, view: KeepView) -> torch.Tensor:
         """score(view), refused unless it is one score per KV head and held entry (`view.candidates` set)."""

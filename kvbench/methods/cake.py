@@ -153,7 +153,7 @@ class Cake(ScoreMethod):
         first = views[0]
         if self._phase != first.phase:  # a step that ended without finish_step (an error) leaves nothing behind
             self._scored, self._phase = {}, first.phase
-        candidates, k = self._plan(first)
+        candidates, k = self.competing(first)  # every layer counts in the total, evicting or not
         pool = range(candidates.start, candidates.stop - min(self.recent, len(candidates)))
         indicators = []
         for view in views:
@@ -166,14 +166,6 @@ class Cake(ScoreMethod):
         # step's own attention, and score() stays the one place the indicator is made.
         self._scored[first.layer] = _Scored(pool, candidates.stop, k, self.preference(views, pool), indicators)
         return [None] * len(views)
-
-    def _plan(self, view: KeepView) -> tuple[range, int]:
-        """(the held entries competing at this step, the average layer's count kept by score among them)."""
-        end = view.num_held - view.num_scoring  # the scoring tail is dropped when select_layer() is applied
-        if self.budget is not None:
-            return range(0, end), self.budget - min(self.recent, self.budget)
-        new = end if self.schedule == "postfill" else view.num_new
-        return range(end - new, end), round(self.keep * new)
 
     # ---- once every layer has attended: split the budget, evict ----
 
