@@ -1,4 +1,4 @@
-"""Tiny random models built from configs inside the tests: no download, fp32, seeded."""
+"""Tiny random models built from configs inside the tests (no download, fp32, seeded), and the bundled kvbench-tiny."""
 
 from __future__ import annotations
 
@@ -50,6 +50,17 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
 @pytest.fixture(scope="session")
 def llama():
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def bundled_tiny():
+    """The bundled kvbench-tiny model and its tokenizer, loaded with the hub offline: nothing may be downloaded.
+    Shared by the whole session; tests that patch it (kvbench_attention) restore it on exit."""
+    from kvbench import tiny
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        return tiny.load()
 
 
 def random_prompt(length: int, seed: int = 0, vocab: int = 256) -> torch.Tensor:

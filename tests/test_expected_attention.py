@@ -270,18 +270,17 @@ def test_expected_attention_conforms(schedule):
 
 
 @pytest.mark.slow
-def test_patched_expected_attention_keeps_the_rag_fact_that_a_random_choice_loses_at_the_same_footprint():
+def test_patched_expected_attention_keeps_the_rag_fact_that_a_random_choice_loses_at_the_same_footprint(bundled_tiny):
     """On the bundled model's RAG task at keep 0.3 (footprint ~52%), chunks of 256, per prompt: scored with the
     question's queries (the patched schedule's tail), the passage the question asks about survives more often than
     under a random choice of the same size. Paired sign test over 16 prompts (measured on 32: expected_attention
     alone answers 18, random alone 0; on these 16, 10 and 0, p = 0.001)."""
     from scipy.stats import binomtest
 
-    from kvbench import tiny
     from kvbench.methods.random_eviction import RandomEviction
     from kvbench.tiny import evaluate
 
-    model, tokenizer = tiny.load()
+    model, tokenizer = bundled_tiny
     prompts = evaluate.samples("synth_rag", tokenizer, length=1024, num_samples=16)
     expected, random_ = (
         evaluate.evaluate(model, tokenizer, "synth_rag", make, prompts=prompts)

@@ -76,18 +76,17 @@ def test_bad_parameters_are_named(bad, message):
 
 
 @pytest.mark.slow
-def test_keydiff_keeps_the_rag_fact_that_a_random_choice_loses_at_the_same_footprint():
+def test_keydiff_keeps_the_rag_fact_that_a_random_choice_loses_at_the_same_footprint(bundled_tiny):
     """On the bundled model's RAG task at keep 0.3 (footprint ~52%), per prompt: the relevant passage's distinctive
     keys survive KeyDiff's choice more often than a random one of the same size. Paired sign test over 32 prompts
     (measured: KeyDiff alone answers 18, random alone 2, p = 0.0002: a few answers flipped by another CPU's rounding
     cannot move the verdict)."""
     from scipy.stats import binomtest
 
-    from kvbench import tiny
     from kvbench.methods.random_eviction import RandomEviction
     from kvbench.tiny import evaluate
 
-    model, tokenizer = tiny.load()
+    model, tokenizer = bundled_tiny
     prompts = evaluate.samples("synth_rag", tokenizer, length=1024, num_samples=32)
     keydiff, random_ = (
         evaluate.evaluate(model, tokenizer, "synth_rag", make, prompts=prompts)

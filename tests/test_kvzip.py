@@ -84,10 +84,9 @@ def test_a_head_is_never_left_empty():
     assert finished(scores, keep=0.5, n_sink=0) == [[[0, 1], [1]]]
 
 
-def test_the_reconstruction_is_the_instruction_and_the_context_in_pieces():
-    from kvbench import tiny
+def test_the_reconstruction_is_the_instruction_and_the_context_in_pieces(bundled_tiny):
 
-    _, tokenizer = tiny.load()
+    _, tokenizer = bundled_tiny
     context = torch.arange(10, 30)
     method = KVzip(keep=0.5, chunk_length=8)
     pieces = method.extra_inputs(context, tokenizer)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from greedy import assert_same_greedy
 from test_methods import conformance_params  # one setting or more of every built-in method
 from test_scoring import result_file
 
-from kvbench import engine, generate, generate_many, leaderboard, load_method, tiny
+from kvbench import engine, generate, generate_many, leaderboard, load_method
 from kvbench.ledger import Ledger
 from kvbench.scoring import load_runs, score_runs
 from kvbench.tiny import evaluate
@@ -224,14 +223,9 @@ LENGTH, SAMPLES, TINY_CHUNK = 1024, 16, 256
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        model, tokenizer = tiny.load()
-        yield model, tokenizer, evaluate.samples("synth_recall", tokenizer, LENGTH, SAMPLES)
-    finally:
-        os.environ.pop("HF_HUB_OFFLINE") if previous is None else os.environ.__setitem__("HF_HUB_OFFLINE", previous)
+def bundled(bundled_tiny):
+    model, tokenizer = bundled_tiny
+    return model, tokenizer, evaluate.samples("synth_recall", tokenizer, LENGTH, SAMPLES)
 
 
 def run(bundled, method, query):

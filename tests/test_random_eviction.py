@@ -63,13 +63,12 @@ def test_bad_seed_is_refused_naming_the_range():
 
 
 @pytest.mark.slow
-def test_random_loses_the_needle_that_snapkv_keeps_at_the_same_footprint():
+def test_random_loses_the_needle_that_snapkv_keeps_at_the_same_footprint(bundled_tiny):
     """On the bundled model's recall task at keep 0.1 (footprint ~37%), per prompt: the needle survives SnapKV's
     choice and not a random one. Paired sign test over 16 prompts."""
-    from kvbench import tiny
     from kvbench.tiny import evaluate
 
-    model, tokenizer = tiny.load()
+    model, tokenizer = bundled_tiny
     prompts = evaluate.samples("synth_recall", tokenizer, length=1024, num_samples=16)
     results = {
         name: evaluate.evaluate(model, tokenizer, "synth_recall", make, prompts=prompts)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -130,17 +129,11 @@ def test_simlayerkv_conforms(params):
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    from kvbench import tiny
+def bundled(bundled_tiny):
     from kvbench.tiny import evaluate
 
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        model, tokenizer = tiny.load()
-        yield model, tokenizer, evaluate.samples("synth_recall", tokenizer, 1024, 2)
-    finally:
-        os.environ.pop("HF_HUB_OFFLINE") if previous is None else os.environ.__setitem__("HF_HUB_OFFLINE", previous)
+    model, tokenizer = bundled_tiny
+    return model, tokenizer, evaluate.samples("synth_recall", tokenizer, 1024, 2)
 
 
 def bundled_method() -> SimLayerKV:

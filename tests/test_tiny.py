@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -26,26 +25,13 @@ CHUNK = 256  # chunked prefill, so the eviction schedule matters
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
-    try:
-        yield tiny.load()
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE")
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+def recall_prompts(bundled_tiny):
+    return evaluate.samples("synth_recall", bundled_tiny[1], LENGTH, SAMPLES)
 
 
 @pytest.fixture(scope="module")
-def recall_prompts(model_and_tokenizer):
-    return evaluate.samples("synth_recall", model_and_tokenizer[1], LENGTH, SAMPLES)
-
-
-@pytest.fixture(scope="module")
-def full_recall(model_and_tokenizer, recall_prompts):
-    model, tokenizer = model_and_tokenizer
+def full_recall(bundled_tiny, recall_prompts):
+    model, tokenizer = bundled_tiny
     return evaluate.evaluate(model, tokenizer, "synth_recall", None, chunk_size=CHUNK, prompts=recall_prompts)
 
 
@@ -63,8 +49,8 @@ def test_resolver_gives_the_bundled_checkpoint_and_leaves_other_names_alone(tmp_
         tiny.resolve_pretrained("kvbench-tinny")
 
 
-def test_it_is_a_standard_llama_checkpoint_with_gqa_and_rope(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+def test_it_is_a_standard_llama_checkpoint_with_gqa_and_rope(bundled_tiny):
+    model, tokenizer = bundled_tiny
     config = json.loads((tiny.MODEL_DIR / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
@@ -97,16 +83,16 @@ def test_recall_at_full_attention(full_recall):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task, threshold", [("synth_rag", 0.9), ("synth_icl", 3 / 6)])  # ICL: 3x chance (6 labels)
-def test_quality_at_full_attention(model_and_tokenizer, task, threshold):
-    model, tokenizer = model_and_tokenizer
+def test_quality_at_full_attention(bundled_tiny, task, threshold):
+    model, tokenizer = bundled_tiny
     result = evaluate.evaluate(model, tokenizer, task, None, length=LENGTH, num_samples=SAMPLES, chunk_size=CHUNK)
     assert result.score >= threshold, result
 
 
 @pytest.mark.slow
-def test_rerank_at_full_attention_beats_three_times_chance(model_and_tokenizer):
+def test_rerank_at_full_attention_beats_three_times_chance(bundled_tiny):
     # NDCG@10 of the ranking against a random ranking of the prompt's documents (about 0.2 at 1K).
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = bundled_tiny
     result = evaluate.evaluate(model, tokenizer, "synth_rerank", None, length=LENGTH, num_samples=4, chunk_size=CHUNK)
     guess = evaluate.chance("synth_rerank", tokenizer, LENGTH, num_samples=40)
     assert 0.1 < guess < 0.3
@@ -114,10 +100,8 @@ def test_rerank_at_full_attention_beats_three_times_chance(model_and_tokenizer):
 
 
 @pytest.mark.slow
-def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(
-    model_and_tokenizer, recall_prompts, full_recall
-):
-    model, tokenizer = model_and_tokenizer
+def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(bundled_tiny, recall_prompts, full_recall):
+    model, tokenizer = bundled_tiny
     streaming = evaluate.evaluate(
         model,
         tokenizer,
@@ -138,10 +122,10 @@ def test_a_small_window_loses_the_needle_while_patched_snapkv_keeps_it(
 
 @pytest.mark.slow
 def test_chunked_snapkv_scoring_with_each_chunks_own_queries_loses_the_needle(
-    model_and_tokenizer, recall_prompts, full_recall
+    bundled_tiny, recall_prompts, full_recall
 ):
     # The paper's "naive" chunked eviction: no chunk's own queries ask for the needle, so it is dropped.
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = bundled_tiny
     chunked = evaluate.evaluate(
         model,
         tokenizer,
@@ -200,11 +184,11 @@ def _head_pattern_recall(model, tokenizer, prompts, method: str, pattern: str, h
 
 @pytest.mark.slow
 def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(
-    model_and_tokenizer, recall_prompts, full_recall, tmp_path
+    bundled_tiny, recall_prompts, full_recall, tmp_path
 ):
     """Half the heads streaming: PruLong's learned choice against every choice of two heads of four (their
     mean is what a uniformly random pattern with the same share scores on average)."""
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = bundled_tiny
     learned = _head_pattern_recall(model, tokenizer, recall_prompts, "prulong", tiny.NAME)
     assert learned.score >= 0.9 * full_recall.score
     assert learned.kv_footprint < 0.8  # the streaming heads really hold less
@@ -227,8 +211,8 @@ def test_the_trained_prulong_pattern_keeps_recall_where_random_patterns_lose_it(
 
 
 @pytest.mark.slow
-def test_the_trained_duoattention_gates_keep_recall_at_half_the_heads(model_and_tokenizer, recall_prompts, full_recall):
-    model, tokenizer = model_and_tokenizer
+def test_the_trained_duoattention_gates_keep_recall_at_half_the_heads(bundled_tiny, recall_prompts, full_recall):
+    model, tokenizer = bundled_tiny
     gates = read_pattern(tiny.PATTERNS["duoattention"])
     assert gates.shape == (2, 2) and gates.min() >= 0 and gates.max() <= 1
     duo = _head_pattern_recall(model, tokenizer, recall_prompts, "duoattention", tiny.NAME)
