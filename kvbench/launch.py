@@ -2,7 +2,8 @@
 the grid by claiming cells (kvbench/claims.py), so no scheduler of ours decides who runs what.
 
 - `local`: N processes on this machine (submitit's LocalExecutor), default one per visible GPU (1 without GPUs),
-  each with its own CUDA_VISIBLE_DEVICES; more workers than GPUs share them round-robin. Waits for them.
+  each with its own CUDA_VISIBLE_DEVICES; more workers than GPUs share them round-robin. The machine's CPU cores are
+  shared out too (torch threads per worker), unless OMP_NUM_THREADS says otherwise. Waits for them.
 - `slurm`: a job array of N workers (submitit's SlurmExecutor), with the partition, GPUs per worker, time limit and
   array parallelism from the options or the config's `launch:` mapping. SLURM gives each job its GPUs. Returns once
   submitted: follow with `kvbench sweep --status DIR`.
@@ -21,11 +22,28 @@ LAUNCH_KEYS = {"executor", "workers", "partition", "gpus_per_worker", "time_limi
 DEFAULT_TIME_LIMIT = 24 * 60  # minutes a worker may run
 
 
-def worker(config: str, out: str, retries: int, expiry: float, gpus: str | None) -> int:
+def worker(config: str, out: str, retries: int, expiry: float, gpus: str | None, threads: int | None = None) -> int:
     """One worker (runs in the job's process): claim and run cells until none is left; the count it ran."""
     if gpus is not None:  # before anything touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    if threads is not None:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for anything the cells start
+        torch.set_num_threads(threads)
+        print(f"worker: {torch.get_num_threads()} CPU thread(s)", flush=True)
     return len(run_sweep(config, out, retries=retries, expiry=expiry))
+
+
+def cpu_threads(workers: int, environ=os.environ) -> int | None:
+    """Torch CPU threads for each of `workers` local workers: this machine's cores shared out, at least one. torch's
+    default, a thread per core in every process, oversubscribes the cores as soon as two workers share them (two
+    workers on 2 cores ran kvbench-tiny's cells about 3x slower: benchmarks/README.md). None where OMP_NUM_THREADS
+    is set: the user's choice stands."""
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
 
 
 def visible_gpus() -> list[str]:
@@ -75,12 +93,14 @@ def launch(args) -> int:
         per_worker = chosen["gpus_per_worker"] or (1 if gpus else 0)
         workers = chosen["workers"] or max(1, len(gpus) // max(1, per_worker))
         plan = gpu_plan(workers, per_worker, gpus)
+        threads = cpu_threads(workers)
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=limit, gpus_per_node=0)  # our plan sets the devices, per worker
-        jobs = [executor.submit(worker, *call, devices) for devices in plan]
+        jobs = [executor.submit(worker, *call, devices, threads) for devices in plan]
         print(
             f"sweep: {workers} local worker(s) started"
             + (f" on GPUs {', '.join(p or '-' for p in plan)}" if gpus else " (no GPU)")
+            + (f", {threads} CPU thread(s) each" if threads else f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
             + f"; logs in {folder}"
         )
         failed = []

@@ -209,6 +209,17 @@ def test_gpus_are_shared_round_robin():
     assert gpu_plan(2, 0, []) == ["", ""]
 
 
+def test_local_workers_share_the_cores_unless_omp_num_threads_says(monkeypatch):
+    from kvbench.launch import cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert cpu_threads(1, {}) == 8
+    assert cpu_threads(2, {}) == 4
+    assert cpu_threads(3, {}) == 2  # rounded down: never more threads than cores
+    assert cpu_threads(16, {}) == 1  # at least one
+    assert cpu_threads(2, {"OMP_NUM_THREADS": "3"}) is None  # the user's setting stands
+
+
 def test_the_slurm_path_writes_a_job_array_script(grid_config, tmp_path, monkeypatch):
     """No cluster here: fake `srun` and `sbatch` on PATH; the sbatch script submitit writes is what SLURM would run."""
     fake = tmp_path / "bin"

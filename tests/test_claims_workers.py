@@ -5,6 +5,7 @@ tests beside the rest of tests/test_claims.py."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -112,17 +113,21 @@ def test_a_killed_worker_s_cell_is_run_again_once_its_claim_expires(twelve_cells
 def test_the_local_executor_runs_a_sweep_to_completion(tmp_path):
     config = grid(tmp_path / "sweep.yaml", [32])  # 4 cells: what is tested is the launch, not the grid
     out = tmp_path / "out"
+    env = {key: value for key, value in ENV.items() if key != "OMP_NUM_THREADS"}  # the launcher shares the cores
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
     done = subprocess.run(
         [str(BIN / "kvbench"), "sweep", str(config), "--out", str(out), "--executor", "local", "--workers", "2"],
-        env=ENV,
+        env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "2 local worker(s) started (no GPU)" in done.stdout
+    assert f"2 local worker(s) started (no GPU), {threads} CPU thread(s) each" in done.stdout
     assert f"{out}: 4 cells: 4 done, 0 running, 0 failed, 0 pending" in done.stdout
     assert all(events(folder) == ["start", "done"] for folder in cell_folders(out))
-    assert len(list((out / ".submitit").glob("*_0_log.out"))) == 2  # submitit's own job files, one per worker
+    logs = list((out / ".submitit").glob("*_0_log.out"))
+    assert len(logs) == 2  # submitit's own job files, one per worker
+    assert all(f"worker: {threads} CPU thread(s)" in log.read_text() for log in logs)
     ran = [int(line.split(" ran ")[1].split()[0]) for line in done.stdout.splitlines() if " ran " in line]
     assert len(ran) == 2 and sum(ran) == 4, done.stdout
