@@ -81,6 +81,23 @@ def test_dry_run_prints_the_lm_eval_command_of_every_cell(config, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing run
 
 
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "examples").glob("sweep_*.yaml")), ids=lambda path: path.name
+)
+def test_every_shipped_sweep_config_expands_into_cells_whose_settings_the_methods_accept(path):
+    """A typo or an out-of-range setting in an examples/ config would otherwise show only as failed cells, hours
+    into a sweep."""
+    from kvbench import load_method
+
+    grid = cells(load_config(path))
+    assert grid
+    for cell in grid:
+        params = dict(cell.params)
+        if "/" in str(params.get("pattern", "")) and not Path(params["pattern"]).exists():
+            params["pattern"] = "kvbench-tiny"  # the paper's trained patterns are downloaded by the user (README)
+        load_method(cell.method, **params)
+
+
 def test_bad_config_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("models: [m]\nmethods: []\n")
