@@ -314,9 +314,11 @@ def styles(labels: list[str]) -> dict:
 
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     bases = list(dict.fromkeys(split_label(label)[0] for label in labels))
+    # Colours and markers cycle at different steps (the marker moves on by one each time the colours wrap), so that
+    # every method up to len(colours) x len(MARKERS) has its own pair: the kvbench-tiny table has 18.
     look = {
         base: dict(
-            marker=MARKERS[i % len(MARKERS)],
+            marker=MARKERS[(i + i // len(colours)) % len(MARKERS)],
             linestyle=LINESTYLES[i % len(LINESTYLES)],
             color=colours[i % len(colours)],
             markersize=9 - 4 * i / max(len(bases) - 1, 1),

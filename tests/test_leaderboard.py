@@ -65,6 +65,11 @@ def test_cli_missing_baseline_is_a_clear_error(tmp_path, capsys):
     assert "no baseline: group model=lonely, context_length=1024, chunk_size=32" in capsys.readouterr().err
 
 
+def test_up_to_a_hundred_methods_each_get_their_own_colour_and_marker():
+    looks = leaderboard.styles([f"method{i}" for i in range(100)])
+    assert len({(look["color"], look["marker"]) for look in looks.values()}) == 100
+
+
 def test_every_method_is_drawn_in_its_own_style_and_the_threshold_carries_its_value(tmp_path):
     folder = write_curve(tmp_path)
     for keep in (0.2, 0.5, 0.8):  # a second curve on exactly the first one's points: both must stay visible
