@@ -31,6 +31,13 @@ cascade step gave a layer less than the final split does, which it cannot take b
 elsewhere, or a capped layer's excess spread evenly): then the cascade keeps fewer. In a simulation of the
 reference's split over 32 layers with budgets far below the prompt, 0.6% of the draws did.
 
+Chunked (and patched), the split is made again at every chunk from that chunk's preferences, and what a layer
+evicts then is gone. A layer whose window queries all sit on the same entries in a chunk (no shift, little
+dispersion) is given little more than its recent window for that chunk: on the bundled kvbench-tiny model, layer 1
+keeps 16 of the first chunk's 256 entries at keep 0.3 (layer 0: 170), losing the sink and the first demonstrations,
+and ICL and re-rank fail at every keep of the table's grid (leaderboards/README.md). Post-fill, the same split over
+the whole prompt keeps ICL. That is CAKE's rule applied per chunk, not a guard of kvbench's.
+
 Reads the step's last queries: under `query=agnostic`, the context's last tokens (never the question's). The split
 reads the layers' preferences on the host, once per evicting step.
 
