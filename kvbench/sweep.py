@@ -16,6 +16,7 @@ The config (see examples/sweep_tiny.yaml, examples/sweep_paper.yaml):
         params: {sink: 4}
         knob: window               # default: the method's registered knob
         values: [16, 64]
+        query_modes: [aware]       # default: the grid's query_modes
     tasks: [kvbench_synth_recall, ...]
     context_lengths: [1024]
     chunk_sizes: [256]
@@ -147,24 +148,35 @@ def load_config(path) -> dict:
     modes = config.setdefault("query_modes", ["aware"])
     if not isinstance(modes, list) or not modes or any(m not in QUERY_MODES for m in modes):
         raise ValueError(f"{path}: 'query_modes' must be a non-empty list of {', '.join(QUERY_MODES)}; got {modes!r}")
+    for entry in config["methods"]:  # a method's own modes, e.g. agnostic only where the method reads the question
+        own = entry.get("query_modes", modes) if isinstance(entry, dict) else modes
+        if not isinstance(own, list) or not own or any(m not in QUERY_MODES for m in own):
+            raise ValueError(
+                f"{path}: method {entry.get('name')!r}: 'query_modes' must be a non-empty list of "
+                f"{', '.join(QUERY_MODES)}; got {own!r}"
+            )
     if "query" in (config.get("model_args") or {}):
         raise ValueError(f"{path}: give the query mode as query_modes: [...], not in model_args")
     return config
 
 
 def cells(config: dict) -> list[Cell]:
-    """The grid, in a fixed order: by model (loaded once), then context length, chunk size, query mode, method,
-    knob value, task."""
+    """The grid, in a fixed order: by model (loaded once), then context length, chunk size, query mode (the grid's,
+    then any other that a method entry names), method, knob value, task."""
     from kvbench.plugins import method_class
 
+    entries = [{"name": entry} if isinstance(entry, str) else entry for entry in config["methods"]]
+    grid_modes = config.get("query_modes", ["aware"])
+    modes = list(dict.fromkeys([*grid_modes, *(m for entry in entries for m in entry.get("query_modes", []))]))
     grid = []
     for model, context_length, chunk_size, query in itertools.product(
-        config["models"], config["context_lengths"], config["chunk_sizes"], config.get("query_modes", ["aware"])
+        config["models"], config["context_lengths"], config["chunk_sizes"], modes
     ):
-        for entry in config["methods"]:
-            entry = {"name": entry} if isinstance(entry, str) else entry
+        for entry in entries:
             if "name" not in entry:
                 raise ValueError(f"a method entry needs a name; got {entry!r}")
+            if query not in entry.get("query_modes", grid_modes):
+                continue
             fixed = dict(entry.get("params") or {})
             values = entry.get("values")
             knob = entry.get("knob") or method_class(entry["name"]).knob

@@ -446,8 +446,24 @@ def test_query_modes_are_a_sweep_axis_and_aware_cells_keep_their_folders(tmp_pat
     )
     assert "query=agnostic" in agnostic.lm_eval_command(tmp_path) and "query=" not in aware.lm_eval_command(tmp_path)
     assert agnostic.describe().endswith("query=agnostic")
+    # A method entry's own modes: agnostic cells only where it says so, the others keep the grid's.
+    per_method = {
+        **config,
+        "query_modes": ["aware"],
+        "methods": [*config["methods"], {"name": "streamingllm", "values": [64], "query_modes": ["aware", "agnostic"]}],
+    }
+    path.write_text(yaml.safe_dump(per_method))
+    assert [(cell.method, cell.query) for cell in cells(load_config(path))] == [
+        ("snapkv", "aware"),
+        ("streamingllm", "aware"),
+        ("streamingllm", "agnostic"),
+    ]
     for bad, message in (
         ({"query_modes": ["agnostik"]}, "'query_modes' must be a non-empty list of aware, agnostic"),
+        (
+            {"methods": [{"name": "snapkv", "query_modes": "agnostic"}]},
+            "method 'snapkv': 'query_modes' must be a non-empty list of aware, agnostic; got 'agnostic'",
+        ),
         ({"model_args": {"query": "agnostic"}}, "give the query mode as query_modes"),
     ):
         path.write_text(yaml.safe_dump({**config, **bad}))
