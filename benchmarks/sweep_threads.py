@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kvbench.launch import cpu_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 KVBENCH = ROOT / ".venv" / "bin" / "kvbench"
 TASKS = ["kvbench_synth_recall", "kvbench_synth_rag"]
@@ -88,7 +90,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_cores()
     modes = {"torch default (a thread per core each)": str(cores), "shared out (launcher's default)": None}
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     answers: dict[str, dict] = {}
@@ -96,7 +98,7 @@ def main() -> None:
         grid = write_grid(Path(tmp) / "grid.json", args.samples)
         for repeat in range(args.repeats):
             for mode, omp in modes.items():
-                out = Path(tmp) / f"out-{repeat}-{len(times[mode])}-{omp}"
+                out = Path(tmp) / f"out-{repeat}-{omp or 'shared'}"
                 times[mode].append(run_sweep(grid, out, args.workers, omp))
                 answers[mode] = scores(out)
                 print(f"{mode}: {times[mode][-1]:.1f} s", flush=True)
@@ -104,7 +106,7 @@ def main() -> None:
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
         "workers": args.workers,
-        "cells": 4,
+        "cells": len(next(iter(answers.values()))),
         "samples_per_cell": args.samples,
         "seconds": times,
         "median_default_s": round(baseline, 1),

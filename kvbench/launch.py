@@ -42,8 +42,12 @@ def cpu_threads(workers: int, environ=os.environ) -> int | None:
     is set: the user's choice stands."""
     if environ.get("OMP_NUM_THREADS"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
+    return max(1, cpu_cores() // workers)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:
